@@ -1,0 +1,350 @@
+#include "lzw.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace z2z {
+namespace {
+
+constexpr int64_t kMaxIdSpace = std::numeric_limits<Id>::max();
+
+uint64_t mix(uint64_t h) {
+  h ^= h >> 31;
+  h *= 0x7fb5d329728ea185ULL;
+  h ^= h >> 27;
+  return h;
+}
+
+// FNV-style, so that appending one id to a buffer updates its hash in O(1).
+constexpr uint64_t kHashSeed = 0xcbf29ce484222325ULL;
+uint64_t hash_append(uint64_t h, Id token) {
+  return (h ^ static_cast<uint32_t>(token)) * 0x100000001b3ULL;
+}
+uint64_t hash_content(const Id* begin, const Id* end) {
+  uint64_t h = kHashSeed;
+  for (const Id* p = begin; p != end; ++p) h = hash_append(h, *p);
+  return h;
+}
+
+size_t power_of_two_at_least(size_t n) {
+  size_t p = 16;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+// The encoder's codebook is prefix-closed (every entry is a known code plus one base id), so
+// it is a trie: (code of the buffer, next base id) -> code of the extended buffer.
+class TrieTable {
+ public:
+  void reset(size_t max_entries) {
+    size_t capacity = power_of_two_at_least(2 * max_entries + 1);
+    if (slots_.size() < capacity) slots_.resize(capacity);
+    std::fill(slots_.begin(), slots_.begin() + capacity, Slot{kEmpty, 0});
+    mask_ = capacity - 1;
+  }
+  Id find(Id code, Id token) const {
+    const uint64_t key = pack(code, token);
+    for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].key == key) return slots_[i].child;
+      if (slots_[i].key == kEmpty) return -1;
+    }
+  }
+  void insert(Id code, Id token, Id child) {
+    const uint64_t key = pack(code, token);
+    size_t i = mix(key) & mask_;
+    while (slots_[i].key != kEmpty) i = (i + 1) & mask_;
+    slots_[i] = Slot{key, child};
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ULL;
+  static uint64_t pack(Id code, Id token) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(code)) << 32) | static_cast<uint32_t>(token);
+  }
+  struct Slot {
+    uint64_t key;
+    Id child;
+  };
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+};
+
+[[noreturn]] void fail_encode(Id id, size_t position, const Config& config) {
+  throw InvalidIds("id " + std::to_string(id) + " at position " + std::to_string(position) +
+                   " is not a base token id (expected 0 <= id < " +
+                   std::to_string(config.vocab_size) + "); hypertoken ids cannot be encoded");
+}
+
+}  // namespace
+
+Config::Config(int64_t initial_vocab_size, int64_t max_codebook_size, int64_t max_subtokens,
+               const std::vector<Id>& disabled_ids) {
+  if (initial_vocab_size < 1)
+    throw InvalidIds("initial_vocab_size must be >= 1, got " + std::to_string(initial_vocab_size));
+  if (max_codebook_size < 0)
+    throw InvalidIds("max_codebook_size must be >= 0, got " + std::to_string(max_codebook_size));
+  if (max_subtokens < 1)
+    throw InvalidIds("max_subtokens must be >= 1, got " + std::to_string(max_subtokens));
+  if (initial_vocab_size + max_codebook_size > kMaxIdSpace)
+    throw InvalidIds("initial_vocab_size + max_codebook_size must be < 2**31, got " +
+                     std::to_string(initial_vocab_size + max_codebook_size));
+  vocab_size = static_cast<Id>(initial_vocab_size);
+  codebook_size = static_cast<Id>(max_codebook_size);
+  // Longer entries than the id space can never be built; clamping keeps the int32 maths safe.
+  this->max_subtokens = static_cast<Id>(std::min<int64_t>(max_subtokens, kMaxIdSpace));
+  is_disabled.assign(vocab_size, 0);
+  for (size_t i = 0; i < disabled_ids.size(); ++i) {
+    const Id id = disabled_ids[i];
+    if (id < 0 || id >= vocab_size)
+      throw InvalidIds("disabled id " + std::to_string(id) + " at position " + std::to_string(i) +
+                       " is not a base token id (expected 0 <= id < " +
+                       std::to_string(vocab_size) + ")");
+    is_disabled[id] = 1;
+  }
+}
+
+void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out) {
+  thread_local TrieTable trie;
+  const Id vocab = config.vocab_size;
+  const Id end_id = config.end_id();
+  const Id max_len = config.max_subtokens;
+  // At most one entry per input id, so the table is sized by the input, not by C.
+  trie.reset(std::min<size_t>(n, static_cast<size_t>(config.codebook_size)));
+  out.reserve(out.size() + n);
+
+  Id next_id = vocab;
+  Id code = -1;  // code of the buffer; -1: empty
+  Id length = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Id token = ids[i];
+    if (token < 0 || token >= vocab) fail_encode(token, i, config);
+    if (config.is_disabled[token]) {
+      if (code >= 0) out.push_back(code);
+      out.push_back(token);
+      code = -1;
+      length = 0;
+      continue;
+    }
+    if (code < 0) {
+      code = token;
+      length = 1;
+    } else {
+      const Id child = trie.find(code, token);
+      if (child >= 0) {
+        code = child;
+        ++length;
+      } else {
+        if (next_id < end_id) trie.insert(code, token, next_id++);
+        out.push_back(code);
+        code = token;
+        length = 1;
+      }
+    }
+    if (length == max_len) {
+      out.push_back(code);
+      code = -1;
+      length = 0;
+    }
+  }
+  if (code >= 0) out.push_back(code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EntryTable
+
+void EntryTable::reserve(size_t entries) {
+  const size_t capacity = power_of_two_at_least(2 * entries + 1);
+  if (capacity > slots_.size()) {
+    slots_.assign(capacity, Slot{0, -1});
+    used_ = 0;
+  }
+}
+
+void EntryTable::clear() {
+  std::fill(slots_.begin(), slots_.end(), Slot{0, -1});
+  used_ = 0;
+}
+
+Id EntryTable::find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+                    const std::vector<uint32_t>& offsets) const {
+  if (slots_.empty()) return -1;
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = mix(hash) & mask;; i = (i + 1) & mask) {
+    const Slot& slot = slots_[i];
+    if (slot.entry < 0) return -1;
+    if (slot.hash != hash) continue;
+    const uint32_t begin = offsets[slot.entry];
+    const uint32_t end = offsets[slot.entry + 1];
+    if (end - begin == len && std::equal(content, content + len, tokens.begin() + begin))
+      return slot.entry;
+  }
+}
+
+void EntryTable::insert(uint64_t hash, Id entry) {
+  if (2 * (used_ + 1) > slots_.size()) grow();
+  const size_t mask = slots_.size() - 1;
+  size_t i = mix(hash) & mask;
+  while (slots_[i].entry >= 0) i = (i + 1) & mask;
+  slots_[i] = Slot{hash, entry};
+  ++used_;
+}
+
+void EntryTable::grow() {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(std::max<size_t>(16, 2 * old.size()), Slot{0, -1});
+  used_ = 0;
+  for (const Slot& slot : old)
+    if (slot.entry >= 0) insert(slot.hash, slot.entry);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder
+
+Decoder::Decoder(const Config& config, size_t expected_ids) : config_(&config) {
+  const size_t entries = std::min<size_t>(expected_ids, config.codebook_size);
+  table_.reserve(std::max<size_t>(entries, 8));
+  buffer_.reserve(std::min<Id>(config.max_subtokens, 64));
+  clear_buffer();
+}
+
+void Decoder::reset() {
+  position_ = 0;
+  clear_buffer();
+  tokens_.clear();
+  offsets_.assign(1, 0);
+  known_at_.clear();
+  table_.clear();
+}
+
+void Decoder::fail(const std::string& what, Id id) const {
+  throw InvalidIds("id " + std::to_string(id) + " at position " + std::to_string(position_) +
+                   " " + what);
+}
+
+void Decoder::clear_buffer() {
+  buffer_.clear();
+  buffer_hash_ = kHashSeed;
+}
+
+void Decoder::set_buffer(const Id* begin, const Id* end) {
+  buffer_.assign(begin, end);
+  buffer_hash_ = hash_content(begin, end);
+}
+
+void Decoder::push_buffer(Id token) {
+  buffer_.push_back(token);
+  buffer_hash_ = hash_append(buffer_hash_, token);
+}
+
+bool Decoder::buffer_known() const {
+  return table_.find(buffer_hash_, buffer_.data(), buffer_.size(), tokens_, offsets_) >= 0;
+}
+
+void Decoder::add_buffer_entry(std::vector<Id>* created) {
+  const Id index = num_entries();
+  tokens_.insert(tokens_.end(), buffer_.begin(), buffer_.end());
+  offsets_.push_back(static_cast<uint32_t>(tokens_.size()));
+  known_at_.push_back(static_cast<int64_t>(position_));
+  table_.insert(buffer_hash_, index);
+  if (created) created->push_back(config_->vocab_size + index);
+}
+
+void Decoder::step(Id id, std::vector<Id>* out, std::vector<Id>* created) {
+  const Config& config = *config_;
+  const Id vocab = config.vocab_size;
+  const size_t max_len = static_cast<size_t>(config.max_subtokens);
+  if (id >= 0 && config.disabled(id)) {
+    clear_buffer();
+    if (out) out->push_back(id);
+    return;
+  }
+  if (id < 0 || id >= config.end_id())
+    fail("is out of range (expected 0 <= id < " + std::to_string(config.end_id()) + ")", id);
+
+  const Id next_id = vocab + num_entries();
+  if (id < vocab) {
+    decoded_.assign(1, id);
+  } else if (id < next_id) {
+    decoded_.assign(entry(id - vocab), entry(id - vocab) + entry_size(id - vocab));
+  } else {
+    // The only undefined id a valid stream can hold is the entry this very id creates
+    // (LZW's KwKwK case): the previous expansion plus its own first token.
+    if (id != next_id)
+      fail("is not a defined hypertoken (the next id to be defined is " +
+               std::to_string(next_id) + ")",
+           id);
+    if (buffer_.empty())
+      fail("is not a defined hypertoken and cannot be defined here: no previous token to "
+           "extend (start of stream or after a disabled id)",
+           id);
+    if (buffer_.size() >= max_len)
+      fail("is not a defined hypertoken and cannot be defined here: the previous token "
+           "already holds max_subtokens base ids",
+           id);
+    push_buffer(buffer_.front());
+    if (buffer_known()) {
+      buffer_.pop_back();
+      buffer_hash_ = hash_content(buffer_.data(), buffer_.data() + buffer_.size());
+      fail("is not a defined hypertoken: the entry it would define already exists", id);
+    }
+    add_buffer_entry(created);
+    if (out) out->insert(out->end(), buffer_.begin(), buffer_.end());
+    return;
+  }
+  if (out) out->insert(out->end(), decoded_.begin(), decoded_.end());
+
+  // Replay the encoder over the decoded ids to create the entry the encoder made here.
+  if (num_entries() == config.codebook_size) {
+    clear_buffer();
+    return;
+  }
+  const Id* begin = decoded_.data();
+  const Id* end = begin + decoded_.size();
+  if (buffer_.empty() || buffer_.size() == max_len) {
+    set_buffer(begin, end);
+    return;
+  }
+  for (const Id* p = begin; p != end; ++p) {
+    push_buffer(*p);
+    if (!buffer_known()) {
+      add_buffer_entry(created);
+      set_buffer(p, end);
+      return;
+    }
+    if (buffer_.size() == max_len) {
+      set_buffer(p + 1, end);
+      return;
+    }
+  }
+}
+
+void Decoder::truncate_entries(Id count) {
+  tokens_.resize(offsets_[count]);
+  offsets_.resize(count + 1);
+  known_at_.resize(count);
+  table_.clear();
+  for (Id i = 0; i < count; ++i)
+    table_.insert(hash_content(entry(i), entry(i) + entry_size(i)), i);
+}
+
+void Decoder::feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created) {
+  const size_t start_position = position_;
+  const Id start_entries = num_entries();
+  saved_buffer_ = buffer_;
+  const uint64_t start_hash = buffer_hash_;
+  const size_t start_out = out ? out->size() : 0;
+  const size_t start_created = created ? created->size() : 0;
+  try {
+    for (size_t i = 0; i < n; ++i, ++position_) step(ids[i], out, created);
+  } catch (const InvalidIds&) {
+    position_ = start_position;
+    buffer_ = saved_buffer_;
+    buffer_hash_ = start_hash;
+    if (num_entries() != start_entries) truncate_entries(start_entries);
+    if (out) out->resize(start_out);
+    if (created) created->resize(start_created);
+    throw;
+  }
+}
+
+}  // namespace z2z

@@ -1,0 +1,105 @@
+// LZW over base-token ids: the zip2zip hypertoken codec.
+//
+// Pure C++17, no Python: the bindings in bindings.cpp convert arguments, release the GIL and
+// call into this file. Semantics match zip2zip-compression 0.3.4 on every valid input; invalid
+// input throws InvalidIds (never a crash, never garbage). See z2z_vllm/codec/reference.py for
+// the same algorithm written for reading.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace z2z {
+
+using Id = int32_t;
+
+// Bad ids or a bad configuration; the message names the offending value and position.
+struct InvalidIds : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+struct Config {
+  Config(int64_t initial_vocab_size, int64_t max_codebook_size, int64_t max_subtokens,
+         const std::vector<Id>& disabled_ids);
+
+  Id vocab_size;       // V: base ids are 0 .. V-1
+  Id codebook_size;    // C: hypertoken ids are V .. V+C-1
+  Id max_subtokens;    // M: longest entry, in base tokens
+  std::vector<uint8_t> is_disabled;  // [V]; disabled ids are emitted alone and never merged
+
+  Id end_id() const { return vocab_size + codebook_size; }
+  bool disabled(Id id) const { return id < vocab_size && is_disabled[id]; }
+};
+
+// Compresses base ids into `out` (appended). Throws InvalidIds for ids outside 0 .. V-1.
+void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out);
+
+// Open-addressing hash set of codebook entries keyed by their content (up to M base ids).
+// Content keys rather than (prefix code, token) pairs because the fault-tolerant decoder can
+// create entries whose prefixes are not entries themselves.
+class EntryTable {
+ public:
+  void reserve(size_t entries);
+  void clear();
+  // Entry index with this content, or -1.
+  Id find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+          const std::vector<uint32_t>& offsets) const;
+  void insert(uint64_t hash, Id entry);
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    Id entry;  // -1: empty
+  };
+  void grow();
+  std::vector<Slot> slots_;
+  size_t used_ = 0;
+};
+
+// Incremental decoder: turns compressed ids into base ids and rebuilds the codebook the encoder
+// built, lagging it by one id. One per sequence or request.
+class Decoder {
+ public:
+  explicit Decoder(const Config& config, size_t expected_ids = 0);
+
+  // Decodes `ids`, appending base ids to `out` and the ids of entries created to `created`
+  // (either may be null). All or nothing: on InvalidIds the decoder and both outputs are left
+  // exactly as they were.
+  void feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created);
+  void reset();
+
+  const Config& config() const { return *config_; }
+  size_t position() const { return position_; }
+  Id num_entries() const { return static_cast<Id>(offsets_.size()) - 1; }
+  // Content of entry `index` (hypertoken id V + index).
+  const Id* entry(Id index) const { return tokens_.data() + offsets_[index]; }
+  size_t entry_size(Id index) const { return offsets_[index + 1] - offsets_[index]; }
+  // Index of the compressed id whose reading created entry `index`.
+  int64_t known_at(Id index) const { return known_at_[index]; }
+
+ private:
+  void step(Id id, std::vector<Id>* out, std::vector<Id>* created);
+  bool buffer_known() const;
+  void add_buffer_entry(std::vector<Id>* created);
+  void clear_buffer();
+  void set_buffer(const Id* begin, const Id* end);
+  void push_buffer(Id token);
+  void truncate_entries(Id count);
+  [[noreturn]] void fail(const std::string& what, Id id) const;
+
+  const Config* config_;
+  size_t position_ = 0;
+  std::vector<Id> buffer_;   // previous expansion (+ tokens merged since), at most M ids
+  uint64_t buffer_hash_ = 0;
+  std::vector<Id> decoded_;       // scratch: expansion of the current id
+  std::vector<Id> saved_buffer_;  // scratch: buffer_ before a feed, restored if it fails
+  std::vector<Id> tokens_;   // entry contents, concatenated
+  std::vector<uint32_t> offsets_{0};
+  std::vector<int64_t> known_at_;
+  EntryTable table_;
+};
+
+}  // namespace z2z
