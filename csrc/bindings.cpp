@@ -137,6 +137,30 @@ std::vector<std::vector<Id>> read_batch(py::handle batch) {
   return rows;
 }
 
+// Python int objects for every id of the codecs made so far (up to kMaxCached): creating an int
+// costs more than the codec's work per id, so outputs share these. Used only under the GIL.
+class IntObjects {
+ public:
+  static constexpr Id kMaxCached = 1 << 21;
+  void reserve(Id end) {
+    end = std::min(end, kMaxCached);
+    while (static_cast<Id>(objects_.size()) < end) {
+      PyObject* value = PyLong_FromLong(static_cast<long>(objects_.size()));
+      if (!value) throw py::error_already_set();
+      objects_.push_back(value);
+    }
+  }
+  PyObject* get(Id id) const {
+    if (id >= static_cast<Id>(objects_.size())) return PyLong_FromLong(id);
+    Py_INCREF(objects_[id]);
+    return objects_[id];
+  }
+
+ private:
+  std::vector<PyObject*> objects_;  // never freed: they live as long as the module
+};
+IntObjects int_objects;
+
 py::object to_python(const std::vector<Id>& ids, bool as_numpy) {
   if (as_numpy) {
     py::array_t<int64_t> array(static_cast<py::ssize_t>(ids.size()));
@@ -145,7 +169,7 @@ py::object to_python(const std::vector<Id>& ids, bool as_numpy) {
   }
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
   if (!list) throw py::error_already_set();
-  for (size_t i = 0; i < ids.size(); ++i) PyList_SET_ITEM(list, i, PyLong_FromLong(ids[i]));
+  for (size_t i = 0; i < ids.size(); ++i) PyList_SET_ITEM(list, i, int_objects.get(ids[i]));
   return py::reinterpret_steal<py::object>(list);
 }
 
@@ -153,7 +177,7 @@ py::tuple entry_tuple(const z2z::Decoder& decoder, Id index) {
   const Id* content = decoder.entry(index);
   const size_t size = decoder.entry_size(index);
   py::tuple tuple(size);
-  for (size_t i = 0; i < size; ++i) PyTuple_SET_ITEM(tuple.ptr(), i, PyLong_FromLong(content[i]));
+  for (size_t i = 0; i < size; ++i) PyTuple_SET_ITEM(tuple.ptr(), i, int_objects.get(content[i]));
   return tuple;
 }
 
@@ -314,6 +338,7 @@ class Codec {
     }
     config_ = std::make_shared<const z2z::Config>(initial_vocab_size, max_codebook_size,
                                                   max_subtokens, disabled);
+    int_objects.reserve(config_->end_id());
   }
 
   py::object encode(py::handle ids, bool as_numpy) const {

@@ -201,8 +201,12 @@ void EntryTable::grow() {
 // Decoder
 
 Decoder::Decoder(const Config& config, size_t expected_ids) : config_(&config) {
+  // At most one entry per id read, so sizing by the input never over-allocates.
   const size_t entries = std::min<size_t>(expected_ids, config.codebook_size);
   table_.reserve(std::max<size_t>(entries, 8));
+  offsets_.reserve(entries + 1);
+  known_at_.reserve(entries);
+  tokens_.reserve(entries * std::min<size_t>(config.max_subtokens, 4));
   buffer_.reserve(std::min<Id>(config.max_subtokens, 64));
   clear_buffer();
 }
@@ -328,6 +332,11 @@ void Decoder::truncate_entries(Id count) {
 }
 
 void Decoder::feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created) {
+  if (n == 1) {  // step() checks an id before changing anything: one id needs no snapshot
+    step(ids[0], out, created);
+    ++position_;
+    return;
+  }
   const size_t start_position = position_;
   const Id start_entries = num_entries();
   saved_buffer_ = buffer_;
