@@ -165,13 +165,17 @@ void EntryTable::clear() {
   used_ = 0;
 }
 
-Id EntryTable::find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
-                    const std::vector<uint32_t>& offsets) const {
-  if (slots_.empty()) return -1;
+Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
+                              const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets) {
+  if (2 * (used_ + 1) > slots_.size()) grow();
   const size_t mask = slots_.size() - 1;
   for (size_t i = mix(hash) & mask;; i = (i + 1) & mask) {
-    const Slot& slot = slots_[i];
-    if (slot.entry < 0) return -1;
+    Slot& slot = slots_[i];
+    if (slot.entry < 0) {
+      slot = Slot{hash, new_entry};
+      ++used_;
+      return -1;
+    }
     if (slot.hash != hash) continue;
     const uint32_t begin = offsets[slot.entry];
     const uint32_t end = offsets[slot.entry + 1];
@@ -180,21 +184,18 @@ Id EntryTable::find(uint64_t hash, const Id* content, size_t len, const std::vec
   }
 }
 
-void EntryTable::insert(uint64_t hash, Id entry) {
-  if (2 * (used_ + 1) > slots_.size()) grow();
-  const size_t mask = slots_.size() - 1;
-  size_t i = mix(hash) & mask;
-  while (slots_[i].entry >= 0) i = (i + 1) & mask;
-  slots_[i] = Slot{hash, entry};
-  ++used_;
-}
-
 void EntryTable::grow() {
   std::vector<Slot> old = std::move(slots_);
   slots_.assign(std::max<size_t>(16, 2 * old.size()), Slot{0, -1});
   used_ = 0;
-  for (const Slot& slot : old)
-    if (slot.entry >= 0) insert(slot.hash, slot.entry);
+  const size_t mask = slots_.size() - 1;
+  for (const Slot& slot : old) {
+    if (slot.entry < 0) continue;
+    size_t i = mix(slot.hash) & mask;
+    while (slots_[i].entry >= 0) i = (i + 1) & mask;
+    slots_[i] = slot;
+    ++used_;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,17 +241,15 @@ void Decoder::push_buffer(Id token) {
   buffer_hash_ = hash_append(buffer_hash_, token);
 }
 
-bool Decoder::buffer_known() const {
-  return table_.find(buffer_hash_, buffer_.data(), buffer_.size(), tokens_, offsets_) >= 0;
-}
-
-void Decoder::add_buffer_entry(std::vector<Id>* created) {
+bool Decoder::add_buffer_if_new(std::vector<Id>* created) {
   const Id index = num_entries();
+  if (table_.find_or_insert(buffer_hash_, buffer_.data(), buffer_.size(), index, tokens_, offsets_) >= 0)
+    return false;
   tokens_.insert(tokens_.end(), buffer_.begin(), buffer_.end());
   offsets_.push_back(static_cast<uint32_t>(tokens_.size()));
   known_at_.push_back(static_cast<int64_t>(position_));
-  table_.insert(buffer_hash_, index);
   if (created) created->push_back(config_->vocab_size + index);
+  return true;
 }
 
 void Decoder::step(Id id, std::vector<Id>* out, std::vector<Id>* created) {
@@ -266,10 +265,19 @@ void Decoder::step(Id id, std::vector<Id>* out, std::vector<Id>* created) {
     fail("is out of range (expected 0 <= id < " + std::to_string(config.end_id()) + ")", id);
 
   const Id next_id = vocab + num_entries();
+  const Id* begin;
+  const Id* end;
   if (id < vocab) {
-    decoded_.assign(1, id);
+    begin = &id;
+    end = begin + 1;
   } else if (id < next_id) {
-    decoded_.assign(entry(id - vocab), entry(id - vocab) + entry_size(id - vocab));
+    // This step adds at most buffer + expansion ids to tokens_: reserve first so that the
+    // expansion, read in place from tokens_, is not moved under us.
+    const size_t size = entry_size(id - vocab);
+    if (tokens_.capacity() - tokens_.size() < buffer_.size() + size)
+      tokens_.reserve(2 * tokens_.capacity() + buffer_.size() + size);
+    begin = entry(id - vocab);
+    end = begin + size;
   } else {
     // The only undefined id a valid stream can hold is the entry this very id creates
     // (LZW's KwKwK case): the previous expansion plus its own first token.
@@ -286,32 +294,28 @@ void Decoder::step(Id id, std::vector<Id>* out, std::vector<Id>* created) {
            "already holds max_subtokens base ids",
            id);
     push_buffer(buffer_.front());
-    if (buffer_known()) {
+    if (!add_buffer_if_new(created)) {
       buffer_.pop_back();
       buffer_hash_ = hash_content(buffer_.data(), buffer_.data() + buffer_.size());
       fail("is not a defined hypertoken: the entry it would define already exists", id);
     }
-    add_buffer_entry(created);
     if (out) out->insert(out->end(), buffer_.begin(), buffer_.end());
     return;
   }
-  if (out) out->insert(out->end(), decoded_.begin(), decoded_.end());
+  if (out) out->insert(out->end(), begin, end);
 
   // Replay the encoder over the decoded ids to create the entry the encoder made here.
   if (num_entries() == config.codebook_size) {
     clear_buffer();
     return;
   }
-  const Id* begin = decoded_.data();
-  const Id* end = begin + decoded_.size();
   if (buffer_.empty() || buffer_.size() == max_len) {
     set_buffer(begin, end);
     return;
   }
   for (const Id* p = begin; p != end; ++p) {
     push_buffer(*p);
-    if (!buffer_known()) {
-      add_buffer_entry(created);
+    if (add_buffer_if_new(created)) {
       set_buffer(p, end);
       return;
     }
@@ -328,7 +332,8 @@ void Decoder::truncate_entries(Id count) {
   known_at_.resize(count);
   table_.clear();
   for (Id i = 0; i < count; ++i)
-    table_.insert(hash_content(entry(i), entry(i) + entry_size(i)), i);
+    table_.find_or_insert(hash_content(entry(i), entry(i) + entry_size(i)), entry(i), entry_size(i),
+                          i, tokens_, offsets_);
 }
 
 void Decoder::feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created) {

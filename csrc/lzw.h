@@ -44,10 +44,10 @@ class EntryTable {
  public:
   void reserve(size_t entries);
   void clear();
-  // Entry index with this content, or -1.
-  Id find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
-          const std::vector<uint32_t>& offsets) const;
-  void insert(uint64_t hash, Id entry);
+  // Index of the entry with this content; if there is none, records `new_entry` under it and
+  // returns -1 (the caller then stores the content as entry `new_entry`).
+  Id find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
+                    const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets);
 
  private:
   struct Slot {
@@ -82,8 +82,8 @@ class Decoder {
 
  private:
   void step(Id id, std::vector<Id>* out, std::vector<Id>* created);
-  bool buffer_known() const;
-  void add_buffer_entry(std::vector<Id>* created);
+  // Adds the buffer as a new entry unless it is one already; true if added.
+  bool add_buffer_if_new(std::vector<Id>* created);
   void clear_buffer();
   void set_buffer(const Id* begin, const Id* end);
   void push_buffer(Id token);
@@ -94,7 +94,6 @@ class Decoder {
   size_t position_ = 0;
   std::vector<Id> buffer_;   // previous expansion (+ tokens merged since), at most M ids
   uint64_t buffer_hash_ = 0;
-  std::vector<Id> decoded_;       // scratch: expansion of the current id
   std::vector<Id> saved_buffer_;  // scratch: buffer_ before a feed, restored if it fails
   std::vector<Id> tokens_;   // entry contents, concatenated
   std::vector<uint32_t> offsets_{0};
