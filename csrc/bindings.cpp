@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "lzw.h"
+#include "parallel.h"
 
 namespace py = pybind11;
 using z2z::Id;
@@ -189,7 +190,7 @@ py::dict codebook_dict(const z2z::Decoder& decoder) {
 }
 
 size_t default_threads(size_t sequences, size_t total_ids) {
-  // Threads only pay off with enough work each (spawning one costs ~20 us).
+  // Threads only pay off with enough work each (waking one costs a few microseconds).
   const size_t cores = std::max(1u, std::thread::hardware_concurrency());
   const size_t by_work = std::max<size_t>(1, total_ids / 16384);
   return std::max<size_t>(1, std::min({cores, sequences, by_work}));
@@ -200,25 +201,14 @@ template <class Fn>
 void parallel_for(size_t n, size_t threads, Fn fn) {
   std::vector<std::string> errors(n);
   std::atomic<bool> failed{false};
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < n;) {
-      try {
-        fn(i);
-      } catch (const z2z::InvalidIds& e) {
-        errors[i] = e.what();
-        failed = true;
-      }
+  z2z::WorkerPool::instance().run(n, threads, [&](size_t i) {
+    try {
+      fn(i);
+    } catch (const z2z::InvalidIds& e) {
+      errors[i] = e.what();
+      failed = true;
     }
-  };
-  threads = std::min(threads, n);
-  if (threads <= 1) {
-    worker();
-  } else {
-    std::vector<std::thread> pool;
-    for (size_t t = 0; t < threads; ++t) pool.emplace_back(worker);
-    for (auto& thread : pool) thread.join();
-  }
+  });
   if (failed)
     for (size_t i = 0; i < n; ++i)
       if (!errors[i].empty()) throw z2z::InvalidIds("sequence " + std::to_string(i) + ": " + errors[i]);
