@@ -266,6 +266,14 @@ class Decoder {
     std::lock_guard<std::mutex> lock(mutex_);
     return decoder_.num_entries();
   }
+  py::object candidate() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<Id> content;
+    if (!decoder_.candidate(content)) return py::none();
+    py::tuple entry(content.size());
+    for (size_t i = 0; i < content.size(); ++i) PyTuple_SET_ITEM(entry.ptr(), i, int_objects.get(content[i]));
+    return py::make_tuple(config_->vocab_size + decoder_.num_entries(), entry);
+  }
   void reset() {
     run([&] { decoder_.reset(); });
   }
@@ -294,6 +302,14 @@ class Decoder {
   z2z::Decoder decoder_;
   std::mutex mutex_;
   std::vector<Id> input_, created_;
+};
+
+// One sequence's codebook as codebook_arrays() reports it, flattened.
+struct SequenceCodebook {
+  std::vector<Id> entry_tokens, candidate_tokens;
+  std::vector<uint32_t> entry_offsets{0}, candidate_offsets{0};
+  std::vector<int32_t> known_at;
+  size_t width = 1;  // longest entry or candidate
 };
 
 class Codec {
@@ -391,6 +407,46 @@ class Codec {
     return codebook_dict(decoder);
   }
 
+  py::dict codebook_arrays(py::handle batch, py::object num_threads) const {
+    const auto rows = read_batch(batch);
+    std::vector<SequenceCodebook> books(rows.size());
+    const size_t threads = thread_count(num_threads, rows.size(), total_size(rows));
+    {
+      py::gil_scoped_release release;
+      parallel_for(rows.size(), threads, [&](size_t i) { books[i] = trace_codebook(rows[i]); });
+    }
+    size_t max_entries = 0, max_len = 0, width = 1;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      max_entries = std::max<size_t>(max_entries, books[i].known_at.size());
+      max_len = std::max(max_len, rows[i].size());
+      width = std::max(width, books[i].width);
+    }
+    const py::ssize_t b = rows.size(), e = max_entries, t = max_len, w = width;
+    py::array_t<int32_t> entries({b, e, w}), known_at({b, e}), candidates({b, t, w});
+    std::fill_n(entries.mutable_data(), entries.size(), -1);
+    std::fill_n(known_at.mutable_data(), known_at.size(), std::numeric_limits<int32_t>::max());
+    std::fill_n(candidates.mutable_data(), candidates.size(), -1);
+    auto entry_out = entries.mutable_unchecked<3>();
+    auto known_out = known_at.mutable_unchecked<2>();
+    auto candidate_out = candidates.mutable_unchecked<3>();
+    for (py::ssize_t i = 0; i < b; ++i) {
+      const SequenceCodebook& book = books[i];
+      for (size_t k = 0; k < book.known_at.size(); ++k) {
+        known_out(i, k) = book.known_at[k];
+        for (uint32_t j = book.entry_offsets[k]; j < book.entry_offsets[k + 1]; ++j)
+          entry_out(i, k, j - book.entry_offsets[k]) = book.entry_tokens[j];
+      }
+      for (size_t p = 0; p < rows[i].size(); ++p)
+        for (uint32_t j = book.candidate_offsets[p]; j < book.candidate_offsets[p + 1]; ++j)
+          candidate_out(i, p, j - book.candidate_offsets[p]) = book.candidate_tokens[j];
+    }
+    py::dict result;
+    result["entries"] = entries;
+    result["known_at"] = known_at;
+    result["candidates"] = candidates;
+    return result;
+  }
+
   const std::shared_ptr<const z2z::Config>& config() const { return config_; }
   py::tuple disabled_ids() const {
     py::list ids;
@@ -400,6 +456,27 @@ class Codec {
   py::object pad_token_id() const { return pad_ ? py::object(py::int_(*pad_)) : py::none(); }
 
  private:
+  SequenceCodebook trace_codebook(const std::vector<Id>& ids) const {
+    SequenceCodebook book;
+    z2z::Decoder decoder(*config_, ids.size());
+    std::vector<Id> candidate;
+    for (size_t p = 0; p < ids.size(); ++p) {
+      decoder.feed(&ids[p], 1, nullptr, nullptr);
+      if (decoder.candidate(candidate)) {
+        book.candidate_tokens.insert(book.candidate_tokens.end(), candidate.begin(), candidate.end());
+        book.width = std::max(book.width, candidate.size());
+      }
+      book.candidate_offsets.push_back(static_cast<uint32_t>(book.candidate_tokens.size()));
+    }
+    for (Id k = 0; k < decoder.num_entries(); ++k) {
+      book.entry_tokens.insert(book.entry_tokens.end(), decoder.entry(k), decoder.entry(k) + decoder.entry_size(k));
+      book.entry_offsets.push_back(static_cast<uint32_t>(book.entry_tokens.size()));
+      book.known_at.push_back(static_cast<int32_t>(decoder.known_at(k)));
+      book.width = std::max(book.width, decoder.entry_size(k));
+    }
+    return book;
+  }
+
   static py::list to_python_batch(const std::vector<std::vector<Id>>& outs, bool as_numpy) {
     py::list result(outs.size());
     for (size_t i = 0; i < outs.size(); ++i) result[i] = to_python(outs[i], as_numpy);
@@ -454,6 +531,18 @@ PYBIND11_MODULE(_codec, m) {
            "decode() over many sequences on num_threads threads (None: by core count and work).")
       .def("codebook", &Codec::codebook, py::arg("compressed_ids"),
            "The entries known after reading compressed_ids: {hypertoken id: base ids}.")
+      .def("codebook_arrays", &Codec::codebook_arrays, py::arg("batch"), py::kw_only(),
+           py::arg("num_threads") = py::none(), R"doc(Codebooks of a batch of compressed sequences as arrays, for scoring whole sequences.
+
+Returns a dict of int32 numpy arrays (B sequences, E = most entries, T = longest sequence,
+W = longest entry, at most M):
+
+- ``entries`` [B, E, W]: base ids of hypertoken ``V + e`` (padded with -1);
+- ``known_at`` [B, E]: position of the id whose reading created it (2**31-1 for padding), so
+  entry e may be predicted after position t iff ``known_at <= t``;
+- ``candidates`` [B, T, W]: after reading position t, the entry that id ``V + (entries known
+  at t)`` would define if it came next (the KwKwK case), or all -1 where no such id is valid.
+)doc")
       .def("decoder",
            [](py::object self) {
              return std::make_unique<Decoder>(self.cast<const Codec&>().config(), self);
@@ -485,5 +574,8 @@ PYBIND11_MODULE(_codec, m) {
       .def_property_readonly("position", &Decoder::position, "Number of ids read so far.")
       .def_property_readonly("codebook", &Decoder::codebook, "{hypertoken id: base ids} known now.")
       .def_property_readonly("num_entries", &Decoder::num_entries)
+      .def_property_readonly("candidate", &Decoder::candidate,
+                             "(id, base ids) of the entry the next id may define by naming itself "
+                             "(LZW's KwKwK case), or None where no undefined id is valid next.")
       .def_property_readonly("codec", &Decoder::owner, "The LZWCodec this decoder belongs to.");
 }

@@ -165,23 +165,33 @@ void EntryTable::clear() {
   used_ = 0;
 }
 
-Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
-                              const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets) {
-  if (2 * (used_ + 1) > slots_.size()) grow();
+size_t EntryTable::probe(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+                         const std::vector<uint32_t>& offsets) const {
   const size_t mask = slots_.size() - 1;
   for (size_t i = mix(hash) & mask;; i = (i + 1) & mask) {
-    Slot& slot = slots_[i];
-    if (slot.entry < 0) {
-      slot = Slot{hash, new_entry};
-      ++used_;
-      return -1;
-    }
+    const Slot& slot = slots_[i];
+    if (slot.entry < 0) return i;
     if (slot.hash != hash) continue;
     const uint32_t begin = offsets[slot.entry];
     const uint32_t end = offsets[slot.entry + 1];
-    if (end - begin == len && std::equal(content, content + len, tokens.begin() + begin))
-      return slot.entry;
+    if (end - begin == len && std::equal(content, content + len, tokens.begin() + begin)) return i;
   }
+}
+
+Id EntryTable::find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+                    const std::vector<uint32_t>& offsets) const {
+  if (slots_.empty()) return -1;
+  return slots_[probe(hash, content, len, tokens, offsets)].entry;
+}
+
+Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
+                              const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets) {
+  if (2 * (used_ + 1) > slots_.size()) grow();
+  Slot& slot = slots_[probe(hash, content, len, tokens, offsets)];
+  if (slot.entry >= 0) return slot.entry;
+  slot = Slot{hash, new_entry};
+  ++used_;
+  return -1;
 }
 
 void EntryTable::grow() {
@@ -324,6 +334,17 @@ void Decoder::step(Id id, std::vector<Id>* out, std::vector<Id>* created) {
       return;
     }
   }
+}
+
+bool Decoder::candidate(std::vector<Id>& content) const {
+  const Config& config = *config_;
+  if (buffer_.empty() || buffer_.size() >= static_cast<size_t>(config.max_subtokens) ||
+      num_entries() >= config.codebook_size)
+    return false;
+  content.assign(buffer_.begin(), buffer_.end());
+  content.push_back(buffer_.front());
+  const uint64_t hash = hash_append(buffer_hash_, buffer_.front());
+  return table_.find(hash, content.data(), content.size(), tokens_, offsets_) < 0;
 }
 
 void Decoder::truncate_entries(Id count) {

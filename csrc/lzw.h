@@ -48,12 +48,18 @@ class EntryTable {
   // returns -1 (the caller then stores the content as entry `new_entry`).
   Id find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
                     const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets);
+  // Index of the entry with this content, or -1.
+  Id find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+          const std::vector<uint32_t>& offsets) const;
 
  private:
   struct Slot {
     uint64_t hash;
     Id entry;  // -1: empty
   };
+  // The slot holding this content, or the empty slot where it belongs.
+  size_t probe(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
+               const std::vector<uint32_t>& offsets) const;
   void grow();
   std::vector<Slot> slots_;
   size_t used_ = 0;
@@ -79,6 +85,10 @@ class Decoder {
   size_t entry_size(Id index) const { return offsets_[index + 1] - offsets_[index]; }
   // Index of the compressed id whose reading created entry `index`.
   int64_t known_at(Id index) const { return known_at_[index]; }
+  // The one undefined id that may come next is V + num_entries(), naming the entry it creates
+  // itself (LZW's KwKwK case): the buffer plus its first id. Writes that entry to `content` and
+  // returns true when such an id would be valid now; returns false otherwise.
+  bool candidate(std::vector<Id>& content) const;
 
  private:
   void step(Id id, std::vector<Id>* out, std::vector<Id>* created);

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.codec.strategies import base_ids, cases, examples
+from tests.codec.strategies import base_ids, cases, examples, valid_streams
 
 
 @settings(max_examples=examples(300), deadline=None)
@@ -51,3 +51,43 @@ def test_incremental_decoder_copy_is_independent(data):
     assert twin.codebook == decoder.codebook
     decoder.reset()
     assert decoder.position == 0 and decoder.codebook == {}
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(st.data())
+def test_candidate_is_exactly_the_self_defining_id(data):
+    case = data.draw(cases())
+    stream = data.draw(valid_streams(case))
+    decoder = case.ours().decoder()
+    for token in [None, *stream]:
+        if token is not None:
+            decoder.feed(token)
+        next_id = case.vocab_size + decoder.num_entries
+        trial = decoder.copy()
+        try:
+            created = trial.feed(next_id)
+        except ValueError:
+            created = None
+        expected = created[0] if created else None
+        assert decoder.candidate == expected
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.data())
+def test_codebook_arrays_agree_with_the_incremental_decoder(data):
+    case = data.draw(cases())
+    batch = [data.draw(valid_streams(case, max_size=60)) for _ in range(data.draw(st.integers(1, 4)))]
+    arrays = case.ours().codebook_arrays(batch, num_threads=2)
+    entries, known_at, candidates = arrays["entries"], arrays["known_at"], arrays["candidates"]
+    assert entries.shape[:2] == known_at.shape and candidates.shape[:2] == (len(batch), max(map(len, batch)))
+    for row, stream in enumerate(batch):
+        decoder = case.ours().decoder()
+        for position, token in enumerate(stream):
+            for hyper_id, content in decoder.feed(token):
+                e = hyper_id - case.vocab_size
+                assert known_at[row, e] == position
+                assert tuple(t for t in entries[row, e] if t >= 0) == content
+            expected = decoder.candidate[1] if decoder.candidate else ()
+            assert tuple(t for t in candidates[row, position] if t >= 0) == expected
+        assert (known_at[row, decoder.num_entries :] == 2**31 - 1).all()
+        assert (candidates[row, len(stream) :] == -1).all()
