@@ -362,38 +362,21 @@ class Codec {
     read_ids(ids, input);
     {
       py::gil_scoped_release release;
-      z2z::Decoder decoder(*config_, input.size());
-      out.reserve(input.size() * 2);
-      decoder.feed(input.data(), input.size(), &out, nullptr);
+      decode_into(input, out);
     }
     return to_python(out, as_numpy);
   }
 
   py::list encode_batch(py::handle batch, py::object num_threads, bool as_numpy) const {
-    const auto rows = read_batch(batch);
-    std::vector<std::vector<Id>> outs(rows.size());
-    const size_t threads = thread_count(num_threads, rows.size(), total_size(rows));
-    {
-      py::gil_scoped_release release;
-      parallel_for(rows.size(), threads, [&](size_t i) {
-        z2z::encode(*config_, rows[i].data(), rows[i].size(), outs[i]);
-      });
-    }
-    return to_python_batch(outs, as_numpy);
+    return map_batch(batch, num_threads, as_numpy, [this](const std::vector<Id>& ids, std::vector<Id>& out) {
+      z2z::encode(*config_, ids.data(), ids.size(), out);
+    });
   }
 
   py::list decode_batch(py::handle batch, py::object num_threads, bool as_numpy) const {
-    const auto rows = read_batch(batch);
-    std::vector<std::vector<Id>> outs(rows.size());
-    const size_t threads = thread_count(num_threads, rows.size(), total_size(rows));
-    {
-      py::gil_scoped_release release;
-      parallel_for(rows.size(), threads, [&](size_t i) {
-        z2z::Decoder decoder(*config_, rows[i].size());
-        decoder.feed(rows[i].data(), rows[i].size(), &outs[i], nullptr);
-      });
-    }
-    return to_python_batch(outs, as_numpy);
+    return map_batch(batch, num_threads, as_numpy, [this](const std::vector<Id>& ids, std::vector<Id>& out) {
+      decode_into(ids, out);
+    });
   }
 
   py::dict codebook(py::handle ids) const {
@@ -456,6 +439,27 @@ class Codec {
   py::object pad_token_id() const { return pad_ ? py::object(py::int_(*pad_)) : py::none(); }
 
  private:
+  void decode_into(const std::vector<Id>& ids, std::vector<Id>& out) const {
+    z2z::Decoder decoder(*config_, ids.size());
+    out.reserve(ids.size() * 2);
+    decoder.feed(ids.data(), ids.size(), &out, nullptr);
+  }
+
+  // fn(ids, out) for every sequence of the batch, on worker threads without the GIL.
+  template <class Fn>
+  py::list map_batch(py::handle batch, py::object num_threads, bool as_numpy, Fn fn) const {
+    const auto rows = read_batch(batch);
+    std::vector<std::vector<Id>> outs(rows.size());
+    const size_t threads = thread_count(num_threads, rows.size(), total_size(rows));
+    {
+      py::gil_scoped_release release;
+      parallel_for(rows.size(), threads, [&](size_t i) { fn(rows[i], outs[i]); });
+    }
+    py::list result(outs.size());
+    for (size_t i = 0; i < outs.size(); ++i) result[i] = to_python(outs[i], as_numpy);
+    return result;
+  }
+
   SequenceCodebook trace_codebook(const std::vector<Id>& ids) const {
     SequenceCodebook book;
     z2z::Decoder decoder(*config_, ids.size());
@@ -475,12 +479,6 @@ class Codec {
       book.width = std::max(book.width, decoder.entry_size(k));
     }
     return book;
-  }
-
-  static py::list to_python_batch(const std::vector<std::vector<Id>>& outs, bool as_numpy) {
-    py::list result(outs.size());
-    for (size_t i = 0; i < outs.size(); ++i) result[i] = to_python(outs[i], as_numpy);
-    return result;
   }
 
   std::shared_ptr<const z2z::Config> config_;

