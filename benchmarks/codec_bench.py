@@ -289,6 +289,9 @@ def measure_condition(
     ):
         rows.append(_with_speedup_target(row(op, timed({"ours": ours_call, "anchor": anchor_call}))))
 
+    compressed_batch_np = [np.asarray(ids, dtype=np.int32) for ids in compressed_batch]
+    # Lists in and out cost a serial Python-object conversion per id; the numpy rows show how
+    # the native work itself scales with threads.
     for op, ours_batch_call, anchor_batch_call in (
         (
             "encode_batch",
@@ -296,8 +299,18 @@ def measure_condition(
             lambda: theirs.batch_encode(batch, False, False, None),
         ),
         (
+            "encode_batch numpy",
+            lambda threads: ours.encode_batch(windows, num_threads=threads, as_numpy=True),
+            lambda: theirs.batch_encode(batch, False, False, None),
+        ),
+        (
             "decode_batch",
             lambda threads: ours.decode_batch(compressed_batch, num_threads=threads),
+            lambda: theirs.batch_decode(compressed_batch),
+        ),
+        (
+            "decode_batch numpy",
+            lambda threads: ours.decode_batch(compressed_batch_np, num_threads=threads, as_numpy=True),
             lambda: theirs.batch_decode(compressed_batch),
         ),
     ):
@@ -398,7 +411,9 @@ def format_table(rows: list[Row]) -> str:
 _OP_ORDER = [
     "encode", "encode numpy int32", "decode", "decode numpy int32",
     f"encode_batch {BATCH_SIZE} x1 thread", f"encode_batch {BATCH_SIZE} x2 threads",
+    f"encode_batch numpy {BATCH_SIZE} x1 thread", f"encode_batch numpy {BATCH_SIZE} x2 threads",
     f"decode_batch {BATCH_SIZE} x1 thread", f"decode_batch {BATCH_SIZE} x2 threads",
+    f"decode_batch numpy {BATCH_SIZE} x1 thread", f"decode_batch numpy {BATCH_SIZE} x2 threads",
     "feed 1 id/step",
 ]  # fmt: skip
 

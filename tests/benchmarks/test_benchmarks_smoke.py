@@ -20,6 +20,10 @@ CODEC_OPS = {
     "encode_batch 32 x2 threads",
     "decode_batch 32 x1 thread",
     "decode_batch 32 x2 threads",
+    "encode_batch numpy 32 x1 thread",
+    "encode_batch numpy 32 x2 threads",
+    "decode_batch numpy 32 x1 thread",
+    "decode_batch numpy 32 x2 threads",
     "feed 1 id/step",
 }
 
