@@ -33,7 +33,26 @@ constexpr long long kMaxId = std::numeric_limits<Id>::max();
                         (negative ? " is negative" : " is out of range (ids are < 2**31)"));
 }
 
+// Ints below 2**30 are one digit: reading it directly costs a fraction of PyLong_AsLongLong,
+// which would otherwise be most of the work per id.
+bool read_small_int(PyObject* item, Id& value) {
+  if (!PyLong_CheckExact(item)) return false;
+#if PY_VERSION_HEX >= 0x030C0000
+  if (!PyUnstable_Long_IsCompact(reinterpret_cast<PyLongObject*>(item))) return false;
+  const Py_ssize_t compact = PyUnstable_Long_CompactValue(reinterpret_cast<PyLongObject*>(item));
+  if (compact < 0 || compact > kMaxId) return false;
+  value = static_cast<Id>(compact);
+#else
+  const Py_ssize_t size = Py_SIZE(item);
+  if (size != 0 && size != 1) return false;
+  value = size == 0 ? 0 : static_cast<Id>(reinterpret_cast<PyLongObject*>(item)->ob_digit[0]);
+#endif
+  return true;
+}
+
 Id item_to_id(PyObject* item, size_t position) {
+  Id small;
+  if (read_small_int(item, small)) return small;
   if (PyBool_Check(item) || !PyLong_Check(item)) {
     // numpy integer scalars and other integer-likes implement __index__; floats and bools do not.
     PyObject* index = PyBool_Check(item) ? nullptr : PyNumber_Index(item);
