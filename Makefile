@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_source
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel "pybind11>=2.12"
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,model,bench,test]"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,model,train,bench,test]"
+	$(BIN)/python -m pip install --quiet --no-deps zip2zip==0.2.0
 	PYTHON=$(BIN)/python bash scripts/install_data_sources.sh
 	touch $@
 

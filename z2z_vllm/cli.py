@@ -4,6 +4,8 @@
     z2z compress --sample                           # the bundled sample text (a PSF-licensed excerpt)
     cat notes.txt | z2z compress - --tokenizer /path/to/hf_tokenizer_dir --no-color
     python -m z2z_vllm.cli compress --sample        # the same without the installed script
+    z2z import-reference their_ckpt/ ours/ --base base_model_dir/   # authors' checkpoint -> ours
+    z2z export ours/ servable/                      # LoRA merged; then: vllm serve servable/
 
 Adding a verb: write the verb as a function ``verb(args) -> exit code``, and a
 ``_add_<verb>_parser(subparsers)`` that declares its arguments and sets ``handler=verb``; list the
@@ -273,9 +275,150 @@ def _add_compress_parser(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# export, import-reference (checkpoints)
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _checkpoint_errors(action):
+    """Runs ``action()``, turning the checkpoint tools' user errors into ``CLIError``."""
+    try:
+        return action()
+    except (OSError, ValueError, NotImplementedError) as error:  # missing files / base, bad settings
+        raise CLIError(str(error)) from None
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write a vLLM-servable folder (LoRA merged, hyper-encoders, tokenizer, config.json) from a
+    training checkpoint."""
+    from z2z_vllm.training.checkpoints import export_for_serving
+
+    dst = _checkpoint_errors(
+        lambda: export_for_serving(args.src, args.dst, base_model=args.base, dtype=args.dtype)
+    )
+    print(f"exported {args.src} -> {dst} (serve with: vllm serve {dst})")
+    return 0
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="write a vLLM-servable z2z model folder", description=export.__doc__)
+    parser.add_argument("src", metavar="SRC", help="checkpoint folder (z2z_config.json + z2z_encoders.safetensors)")
+    parser.add_argument("dst", metavar="DST", help="output folder (must not exist or be empty)")
+    parser.add_argument("--base", metavar="BASE", help="base model folder or name (default: the checkpoint's)")
+    parser.add_argument("--dtype", choices=_DTYPES, help="load and write the weights in this dtype (default: as stored)")
+    parser.set_defaults(handler=export)
+
+
+def import_reference(args: argparse.Namespace) -> int:
+    """Convert a checkpoint of the authors' zip2zip package (zip2zip_config.json,
+    zip2zip_encoders.safetensors, PEFT adapter or full weights) into our checkpoint format."""
+    from z2z_vllm.training.reference_import import import_reference as convert
+
+    dst = _checkpoint_errors(lambda: convert(args.src, args.dst, base_model=args.base))
+    print(f"imported {args.src} -> {dst} (then: z2z export {dst} OUT)")
+    return 0
+
+
+def _add_import_reference_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import-reference", help="convert an authors' zip2zip checkpoint to ours", description=import_reference.__doc__
+    )
+    parser.add_argument("src", metavar="SRC", help="folder with zip2zip_config.json")
+    parser.add_argument("dst", metavar="DST", help="output checkpoint folder")
+    parser.add_argument(
+        "--base", metavar="BASE_DIR", help="base model folder or name (default: base_model_name_or_path of SRC)"
+    )
+    parser.set_defaults(handler=import_reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# train, eval-bpb
+
+
+def train(args: argparse.Namespace) -> int:
+    """Uptrain a zip2zip model (LoRA on the base + hyper-encoders) from a YAML/JSON config, with
+    KEY=VALUE overrides. Resumes from the latest checkpoint in the config's output_dir."""
+    from z2z_vllm.training.config import load_train_config, parse_overrides
+    from z2z_vllm.training.trainer import train as run_training
+
+    try:
+        cfg = load_train_config(args.config, overrides=parse_overrides(args.set))
+    except (OSError, ValueError, TypeError) as error:  # unreadable file, bad key or value
+        raise CLIError(str(error)) from None
+    try:
+        state = run_training(cfg, resume=args.resume)
+    except FileExistsError as error:
+        raise CLIError(str(error)) from None
+    print(
+        f"trained {state.step} steps in {state.elapsed_s:.0f} s: {state.compressed_tokens:,} compressed tokens "
+        f"({state.base_tokens:,} base tokens); checkpoints in {cfg.output_dir}"
+    )
+    return 0
+
+
+def _add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="LoRA-uptrain a zip2zip model", description=train.__doc__)
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON TrainConfig (see configs/)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key; VALUE is read as YAML (repeatable: --set max_steps=200 --set lr=1e-4)",
+    )
+    parser.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True,
+        help="continue from the latest checkpoint in output_dir (default); --no-resume refuses a used folder",
+    )
+    parser.set_defaults(handler=train)
+
+
+def eval_bpb(args: argparse.Namespace) -> int:
+    """Bits per byte of text under a trained zip2zip model (canonical LZW path: an upper bound)
+    and under its base model, with the ratio."""
+    from z2z_vllm.training.data import load_documents
+    from z2z_vllm.training.evaluate import UPPER_BOUND_NOTE, compare_bits_per_byte
+
+    if not args.files and args.domain is None:
+        raise CLIError("give text FILEs or --domain")
+    try:
+        documents = load_documents(files=args.files, domain=args.domain, split="heldout", max_bytes=args.max_bytes)
+        z2z, base = compare_bits_per_byte(
+            args.model, documents, base=args.base, window=args.window, batch_size=args.batch_size, bf16=args.bf16
+        )
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CLIError(str(error)) from None
+    out = sys.stdout
+    out.write(f"text: {len(documents)} documents, {z2z.num_bytes:,} UTF-8 bytes; windows of {args.window} tokens\n")
+    out.write(f"{'model':<6} {'tokens':>10} {'windows':>8} {'bits/token':>11} {'bits/byte':>10}\n")
+    for row in (base, z2z):
+        out.write(f"{row.label:<6} {row.scored_tokens:>10,} {row.windows:>8,} {row.bits_per_token:>11.4f} {row.bits_per_byte:>10.4f}\n")
+    out.write(f"ratio z2z/base bits/byte: {z2z.bits_per_byte / base.bits_per_byte:.4f}\n")
+    out.write(f"compressed/base tokens: {z2z.scored_tokens / base.scored_tokens:.4f}\n")
+    out.write(f"note: {UPPER_BOUND_NOTE}\n")
+    return 0
+
+
+def _add_eval_bpb_parser(subparsers) -> None:
+    parser = subparsers.add_parser("eval-bpb", help="bits per byte: z2z model vs its base", description=eval_bpb.__doc__)
+    parser.add_argument("files", nargs="*", metavar="FILE", help="UTF-8 text files (one document each)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="training checkpoint or output dir (latest checkpoint)")
+    parser.add_argument("--base", metavar="DIR", help="base model to compare with (default: the one trained from)")
+    parser.add_argument("--domain", help="also score this corpus domain's held-out split (z2z_vllm.data)")
+    parser.add_argument("--max-bytes", type=_positive_int, metavar="N", help="cap on the domain's held-out text")
+    parser.add_argument("--window", type=_positive_int, default=1024, metavar="T", help="tokens per window (default 1024)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="B", help="windows per forward (default 1)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (weights stay float32)")
+    parser.set_defaults(handler=eval_bpb)
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry point
 
-_VERB_PARSERS = (_add_compress_parser,)
+_VERB_PARSERS = (
+    _add_compress_parser,
+    _add_export_parser,
+    _add_import_reference_parser,
+    _add_train_parser,
+    _add_eval_bpb_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

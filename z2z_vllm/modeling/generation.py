@@ -2,8 +2,10 @@
 
 Prompts are left-padded into one batch and run with the base model's KV cache. Each sequence
 keeps its own incremental LZW decoder; per step, only entries the new id created are encoded (one
-batched encoder call for the whole batch) into cached rows [B, C, H], and the KwKwK candidate row
-comes from ``decoder.candidate``. The only per-sequence Python work is feeding the codec.
+batched encoder call for the whole batch) into cached output rows [B, C, H], and the KwKwK
+candidate row comes from ``decoder.candidate``. An entry's input row is encoded only when its id is
+first read as input: most entries are never emitted, and the encoders dominate the per-step cost
+at batch 1. The only per-sequence Python work is feeding the codec.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor
 
 class HyperCache:
     """Codebook state of a generating batch: one decoder per sequence and, per slot, the hyper
-    input / output rows [B, C, H] and whether the slot is known [B, C]."""
+    input / output rows [B, C, H] and whether the slot is known [B, C]. Input rows are filled by
+    :meth:`encode_inputs` for the ids about to be embedded."""
 
     def __init__(self, model, batch_size: int) -> None:
         self.model = model
@@ -44,6 +47,7 @@ class HyperCache:
         self.known = torch.zeros(batch_size, C, dtype=torch.bool, device=weight.device)
         self.candidate_rows = weight.new_zeros(batch_size, 1, H)
         self.candidate_where = torch.zeros(batch_size, 1, dtype=torch.bool, device=weight.device)
+        self.unencoded_inputs: dict[tuple[int, int], list[int]] = {}  # (row, slot) -> subtokens
 
     def feed(self, ids: Sequence[Sequence[int] | None]) -> None:
         """Reads each sequence's new ids (None: sequence left alone) and encodes what changed."""
@@ -68,13 +72,31 @@ class HyperCache:
         outputs = self.model.encode_outputs(_padded(new_subtokens + candidate_subtokens, device))
         if new_subtokens:
             where = (torch.tensor(new_rows, device=device), torch.tensor(new_slots, device=device))
-            self.input_rows[where] = self.model.encode_inputs(_padded(new_subtokens, device))
             self.output_rows[where] = outputs[: len(new_subtokens)]
             self.known[where] = True
+            self.unencoded_inputs.update(zip(zip(new_rows, new_slots), new_subtokens))
         if candidate_subtokens:
             rows = torch.tensor(candidate_rows, device=device)
             self.candidate_rows[rows, 0] = outputs[len(new_subtokens) :]
             self.candidate_where[rows, 0] = True
+
+    def encode_inputs(self, ids: Sequence[Sequence[int] | None]) -> None:
+        """Encodes the input rows of the hyper ids in ``ids`` (per sequence, after :meth:`feed`)
+        that are not encoded yet."""
+        V, device = self.model.initial_vocab_size, self.known.device
+        pending = {
+            (row, token - V)
+            for row, row_ids in enumerate(ids)
+            if row_ids is not None
+            for token in row_ids
+            if token >= V and (row, token - V) in self.unencoded_inputs
+        }
+        if not pending:
+            return
+        keys = sorted(pending)
+        rows = self.model.encode_inputs(_padded([self.unencoded_inputs.pop(key) for key in keys], device))
+        where = tuple(torch.tensor(column, device=device) for column in zip(*keys))
+        self.input_rows[where] = rows
 
     def logits(self, model, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
         """[B, V + C] logits of the last position."""
@@ -155,6 +177,7 @@ def generate(
 
     cache = HyperCache(model, batch)
     cache.feed(prompts)
+    cache.encode_inputs(prompts)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     hidden, base_logits, past = model.run_base(
         model.embed(ids, cache.input_rows),
@@ -186,6 +209,7 @@ def generate(
         if all(finished) or step == max_new_tokens - 1:
             break
         cache.feed(new_ids)
+        cache.encode_inputs(new_ids)
         # Finished rows keep running on a harmless base id; their outputs are ignored.
         active = torch.tensor([ids is not None for ids in new_ids], device=device)
         chosen = chosen.masked_fill(~active, 0)

@@ -1,0 +1,215 @@
+"""Data pipeline, LoRA training, resume, bits per byte and the train / eval-bpb verbs on a tiny
+random Llama (tests/training/checkpoint_helpers.py) with a word-level tokenizer ("t1 t7 ...")."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.modeling.helpers import SPECIAL, V, base_stream
+from tests.training.checkpoint_helpers import tiny_base_folder
+from z2z_vllm.codec import LZWCodec
+from z2z_vllm.training import TrainConfig, build_dataset, load_documents, train
+from z2z_vllm.training.data import load_text_tokenizer
+from z2z_vllm.training.evaluate import compare_bits_per_byte
+from z2z_vllm.training.trainer import _datasets, build_model, latest_checkpoint, load_trained_model
+
+C, M = 24, 3
+
+
+def words(ids: list[int]) -> str:
+    return " ".join("<s>" if i == SPECIAL else f"t{i}" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return tiny_base_folder(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    """Training files over t1..t6 and held-out files over t30..t35: a window's ids show its split."""
+    root = tmp_path_factory.mktemp("texts")
+    train_files, eval_files = [], []
+    for n in range(3):
+        path = root / f"train{n}.txt"
+        path.write_text(words(base_stream(150 + 40 * n, seed=n)))
+        train_files.append(str(path))
+    for n in range(2):
+        path = root / f"heldout{n}.txt"
+        path.write_text(words([i + 29 if i else i for i in base_stream(90, seed=10 + n)]))
+        eval_files.append(str(path))
+    return {"train": train_files, "eval": eval_files}
+
+
+def tiny_config(base_dir, texts, output_dir, **changes) -> TrainConfig:
+    settings = dict(
+        output_dir=str(output_dir), base_model=str(base_dir), train_files=texts["train"],
+        eval_files=texts["eval"], eval_max_bytes=None, seq_len=24, max_codebook_size=C, max_subtokens=M,
+        protect_digits=False, lora_r=4, lora_alpha=8, max_steps=6, batch_size=2, grad_accum=2, lr=3e-3,
+        min_lr=1e-4, warmup_steps=1, log_every=1, eval_every=3, eval_max_sequences=4, save_every=3,
+        encoder={"kind": "residual"}, progress=False, num_threads=1,
+    )
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def tiny_codec() -> LZWCodec:
+    return LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M, disabled_ids=(SPECIAL,))
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def test_windows_decompress_to_the_documents_base_tokens(base_dir, texts):
+    tokenizer, codec = load_text_tokenizer(base_dir), tiny_codec()
+    documents = load_documents(files=texts["train"])
+    data = build_dataset(documents, tokenizer=tokenizer, codec=codec, length=16, start_id=SPECIAL)
+    windows = iter(zip(data.sequences, data.base_tokens))
+    for doc in documents:
+        expected = tokenizer.encode(doc.text, add_special_tokens=False).ids
+        rebuilt, doc_windows = [], []
+        while len(rebuilt) < len(expected):
+            window, covered = next(windows)
+            assert window[0] == SPECIAL and len(window) <= 16
+            body = window[1:].tolist()
+            assert body == codec.encode(codec.decode(body))  # its own LZW stream (fresh codebook)
+            assert len(codec.decode(body)) == covered
+            rebuilt += codec.decode(body)
+            doc_windows.append(window)
+        assert rebuilt == expected
+        assert all(len(w) == 16 for w in doc_windows[:-1])  # only a document's last window is short
+    assert next(windows, None) is None
+    assert data.num_bytes == sum(len(d.text.encode()) for d in documents)
+
+
+class CountingTokenizer:
+    """Wraps a tokenizer to count batch encodes (cache hits do none)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def encode_batch(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer.encode_batch(*args, **kwargs)
+
+    def to_str(self):
+        return self.tokenizer.to_str()
+
+
+def test_cache_hits_and_misses_on_changed_files(base_dir, texts, tmp_path):
+    tokenizer, codec = CountingTokenizer(load_text_tokenizer(base_dir)), tiny_codec()
+    options = dict(tokenizer=tokenizer, codec=codec, length=16, start_id=SPECIAL, cache_dir=tmp_path)
+    first = build_dataset(load_documents(files=texts["train"]), **options)
+    again = build_dataset(load_documents(files=texts["train"]), **options)
+    assert tokenizer.calls == 1
+    assert [w.tolist() for w in again.sequences] == [w.tolist() for w in first.sequences]
+    assert again.base_tokens == first.base_tokens and again.num_bytes == first.num_bytes
+    build_dataset(load_documents(files=texts["train"]), **{**options, "length": 20})  # other settings
+    assert tokenizer.calls == 2
+    changed = tmp_path / "changed.txt"
+    changed.write_text("t1 t2")
+    build_dataset(load_documents(files=[changed]), **options)
+    changed.write_text("t1 t2 t3")
+    os.utime(changed, ns=(1, 1))
+    build_dataset(load_documents(files=[changed]), **options)
+    assert tokenizer.calls == 4
+
+
+def test_train_and_eval_windows_come_from_their_own_split(base_dir, texts, tmp_path):
+    cfg = tiny_config(base_dir, texts, tmp_path)
+    tokenizer = load_text_tokenizer(base_dir)
+    model = build_model(cfg, tokenizer=tokenizer)
+    train_data, eval_data = _datasets(cfg, model, tokenizer)
+    train_ids = {i for w in train_data.sequences for i in model.codec.decode(w.tolist())} - {SPECIAL}
+    eval_ids = {i for w in eval_data.sequences for i in model.codec.decode(w.tolist())} - {SPECIAL}
+    assert train_ids <= set(range(1, 7)) and eval_ids <= set(range(30, 36))
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_only_lora_and_hyper_weights_train(base_dir, texts, tmp_path):
+    cfg = tiny_config(base_dir, texts, tmp_path, lora_target_modules=["q_proj", "down_proj"])
+    model = build_model(cfg, tokenizer=load_text_tokenizer(base_dir))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    hyper = ("input_encoder.", "output_encoder.", "reconstruction.")
+    assert all("lora_" in name or name.startswith(hyper) for name in trainable)
+    lora_targets = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable if "lora_" in name}
+    assert lora_targets == {"q_proj", "down_proj"}
+    assert any(name.startswith("output_encoder.") for name in trainable)
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir, texts, tmp_path_factory):
+    """A tiny run long enough to learn the repetitive training text."""
+    cfg = tiny_config(base_dir, texts, tmp_path_factory.mktemp("trained"), max_steps=40, eval_every=40,
+                      save_every=40, lora_dropout=0.0, lr=1e-2)
+    return cfg, train(cfg)
+
+
+def test_training_lowers_the_loss(trained):
+    cfg, state = trained
+    losses = [r["clm_loss"] for r in state.log_history if "clm_loss" in r]
+    assert len(losses) == cfg.max_steps
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5  # nats per compressed id
+    assert state.compressed_tokens > 0 and state.base_tokens > state.compressed_tokens
+    assert math.isfinite(state.log_history[-1]["eval_clm_loss"])
+
+
+def test_stopped_run_resumes_on_the_same_trajectory(base_dir, texts, tmp_path):
+    whole = train(tiny_config(base_dir, texts, tmp_path / "whole"))
+    split_cfg = tiny_config(base_dir, texts, tmp_path / "split")
+    halfway = train(split_cfg, stop_at_step=3)
+    assert halfway.step == 3 and latest_checkpoint(split_cfg.output_dir).name == "checkpoint-3"
+    resumed = train(split_cfg)
+    assert resumed.step == whole.step == 6
+    assert resumed.compressed_tokens == whole.compressed_tokens
+
+    def by_step(state):
+        return {r["step"]: r for r in state.log_history if "clm_loss" in r}
+
+    expected, got = by_step(whole), by_step(resumed)
+    for step in range(1, 7):
+        for key in ("clm_loss", "reconstruction_loss", "lr"):
+            assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5), (step, key)
+    with pytest.raises(FileExistsError):
+        train(split_cfg, resume=False)
+
+
+# -- evaluation and CLI -------------------------------------------------------------------------
+
+
+def test_bits_per_byte_is_finite_and_base_is_near_uniform(trained, texts):
+    cfg, _ = trained
+    documents = load_documents(files=texts["eval"])
+    z2z, base = compare_bits_per_byte(cfg.output_dir, documents, window=32, progress=False)
+    tokenizer = load_text_tokenizer(cfg.base_model)
+    base_ids = sum(len(tokenizer.encode(d.text, add_special_tokens=False).ids) for d in documents)
+    assert base.scored_tokens == base_ids  # every base token scored once
+    assert 0 < z2z.scored_tokens < base_ids
+    assert math.isfinite(z2z.bits_per_byte) and z2z.bits_per_byte > 0
+    # An untrained random model is close to uniform over V ids.
+    assert abs(base.bits_per_token - math.log2(V)) < 1.0
+    model, loaded_cfg = load_trained_model(cfg.output_dir)
+    assert loaded_cfg == cfg and not any(p.__class__.__name__ == "LoraLayer" for p in model.modules())
+
+
+def test_cli_train_then_eval_bpb(base_dir, texts, tmp_path, capsys):
+    from z2z_vllm.cli import main
+
+    settings = tiny_config(base_dir, texts, tmp_path / "run").to_dict()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(settings))  # JSON is YAML
+    assert main(["train", "--config", str(config), "--set", "max_steps=2", "--set", "lr=1e-3"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert main(["eval-bpb", "--model", str(tmp_path / "run"), "--window", "32", *texts["eval"]]) == 0
+    out = capsys.readouterr().out
+    assert "upper bound" in out and "ratio z2z/base" in out
+    assert main(["train", "--config", str(config), "--set", "no_such_key=1"]) == 2

@@ -1,0 +1,357 @@
+"""LoRA uptraining of a zip2zip model: a plain PyTorch loop with checkpoints and resume.
+
+    z2z train --config configs/smollm2_code_short.yaml            # resumes from the latest checkpoint
+    python -c "from z2z_vllm.training import load_train_config, train; train(load_train_config('cfg.yaml'))"
+
+Why not the Hugging Face ``Trainer``: the model is a plain ``nn.Module`` (not a
+``PreTrainedModel``) whose checkpoint is a LoRA adapter plus hyper-encoder weights, its loss has
+two logged terms, and batches carry a ``CodebookBatch``; each needs an override of ``Trainer``
+(``_save``, ``_load_from_checkpoint``, ``compute_loss``, the collator's tensor handling), more code
+than this loop, which keeps step, data position, optimizer, scheduler and RNG state explicit.
+
+A checkpoint ``<output_dir>/checkpoint-<step>/`` holds ``adapter_config.json`` +
+``adapter_model.safetensors`` (PEFT), ``z2z_config.json`` + ``z2z_encoders.safetensors``
+(hyper-encoders, reconstruction head), ``train_config.json`` and ``trainer_state.pt`` (optimizer,
+scheduler, RNG, log history). It is written to a temporary folder and renamed, so a run killed at
+any moment restarts from the last complete checkpoint with the same data order and the same
+loss trajectory. :func:`load_trained_model` reads a checkpoint (or an output dir's latest) back
+for evaluation, with LoRA merged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
+from z2z_vllm.modeling.config import CONFIG_FILE
+from z2z_vllm.modeling.model import WEIGHTS_FILE
+from z2z_vllm.training.config import TrainConfig
+from z2z_vllm.training.data import (
+    Collator,
+    CompressedDataset,
+    batch_to,
+    build_dataset,
+    load_documents,
+    load_text_tokenizer,
+)
+
+__all__ = [
+    "TRAIN_CONFIG_FILE",
+    "TRAINER_STATE_FILE",
+    "TrainState",
+    "evaluate_loss",
+    "latest_checkpoint",
+    "load_trained_model",
+    "resolve_base_model",
+    "train",
+]
+
+TRAIN_CONFIG_FILE = "train_config.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    compressed_tokens: int = 0  # non-pad ids trained on
+    base_tokens: int = 0  # base tokens those ids stand for
+    elapsed_s: float = 0.0  # training wall time over all sessions
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+def resolve_base_model(name_or_dir: str) -> Path:
+    """A ``z2z_vllm.data.models`` name (built on first use) or an HF folder."""
+    from z2z_vllm.data.models import MODEL_NAMES, base_model_dir
+
+    return base_model_dir(name_or_dir) if name_or_dir in MODEL_NAMES else Path(name_or_dir)
+
+
+def _load_base(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def build_model(cfg: TrainConfig, *, tokenizer) -> Zip2ZipForCausalLM:
+    """Base model + LoRA (PEFT) + fresh hyper-encoders; only LoRA and hyper weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    base = _load_base(resolve_base_model(cfg.base_model))
+    model = Zip2ZipForCausalLM.from_base(
+        base,
+        max_codebook_size=cfg.max_codebook_size,
+        max_subtokens=cfg.max_subtokens,
+        tokenizer=tokenizer,
+        protect_digits=cfg.protect_digits,
+        input_encoder=EncoderConfig(**cfg.encoder),
+        tie_encoders=cfg.tie_encoders,
+        reconstruction_weight=cfg.reconstruction_weight,
+    )
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM",
+    )
+    model.base_model = get_peft_model(model.base_model, lora)  # freezes every base weight
+    return model
+
+
+def _start_id(model: Zip2ZipForCausalLM) -> int | None:
+    """Each window starts with the base model's BOS (a disabled id) so its first token is scored."""
+    bos = getattr(model.base_model.config, "bos_token_id", None)
+    return bos if isinstance(bos, int) and bos < model.initial_vocab_size else None
+
+
+def _checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-<step>`` folder in ``output_dir``, by step."""
+    found = []
+    for child in Path(output_dir).glob("checkpoint-*"):
+        if match := _CHECKPOINT.match(child.name):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``output_dir``, if any."""
+    complete = [folder for _, folder in _checkpoints(output_dir) if (folder / TRAINER_STATE_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
+def load_trained_model(directory: str | Path, *, base_model: str | None = None) -> tuple[Zip2ZipForCausalLM, TrainConfig]:
+    """A trained model for evaluation, in float32 and eval mode, from a checkpoint folder or a
+    training output dir (its latest checkpoint), with the LoRA adapter merged into the base.
+
+    Reads the folder with ``z2z_vllm.training.checkpoints.load_checkpoint`` (the format both
+    share); ``base_model`` overrides the base the run was trained from."""
+    from z2z_vllm.training.checkpoints import load_checkpoint
+
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file():  # an output dir: its latest checkpoint
+        checkpoint = latest_checkpoint(directory)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{directory} is neither a training checkpoint nor holds one")
+        directory = checkpoint
+    cfg = TrainConfig.from_dict(json.loads((directory / TRAIN_CONFIG_FILE).read_text()))
+    base = str(resolve_base_model(base_model or cfg.base_model))
+    model = load_checkpoint(directory, base_model=base, dtype=torch.float32)
+    if hasattr(model.base_model, "merge_and_unload"):  # PEFT: one matmul per projection again
+        model.base_model = model.base_model.merge_and_unload()
+    return model.eval(), cfg
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def _datasets(cfg: TrainConfig, model: Zip2ZipForCausalLM, tokenizer) -> tuple[CompressedDataset, CompressedDataset | None]:
+    cache_dir = cfg.cache_dir or str(Path(cfg.output_dir) / "data_cache")
+    options = {"tokenizer": tokenizer, "codec": model.codec, "length": cfg.seq_len,
+               "start_id": _start_id(model), "cache_dir": cache_dir}
+    train_docs = load_documents(files=cfg.train_files, domain=cfg.domain, split="train", max_bytes=cfg.train_max_bytes)
+    train_data = build_dataset(train_docs, **options)
+    if not len(train_data):
+        raise ValueError("the training data holds no sequences")
+    eval_docs = load_documents(files=cfg.eval_files, domain=cfg.domain, split="heldout", max_bytes=cfg.eval_max_bytes)
+    eval_data = build_dataset(eval_docs, **options) if eval_docs else None
+    return train_data, eval_data
+
+
+def _batch_indices(micro_step: int, *, num_sequences: int, batch_size: int, seed: int) -> list[int]:
+    """Sequences of micro-batch ``micro_step``: a fresh seeded shuffle each epoch, so the data
+    position follows from the step alone (nothing to save for resume)."""
+    per_epoch = max(1, num_sequences // batch_size)
+    epoch, index = divmod(micro_step, per_epoch)
+    order = torch.randperm(num_sequences, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[index * batch_size : (index + 1) * batch_size].tolist()
+
+
+# -- loop ---------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _save_checkpoint(model, optimizer, scheduler, state: TrainState, cfg: TrainConfig) -> Path:
+    output = Path(cfg.output_dir)
+    final = output / f"checkpoint-{state.step}"
+    staging = output / f".checkpoint-{state.step}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.base_model.save_pretrained(staging)  # LoRA adapter only
+    model.save_pretrained(staging)  # z2z config + hyper weights
+    (staging / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "rng": _rng_state(), "state": state.__dict__},
+        staging / TRAINER_STATE_FILE,
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    kept = _checkpoints(output)
+    for _, old in kept[: max(0, len(kept) - cfg.save_total_limit)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> TrainState:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model.base_model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    model.load_hyper_state_dict(load_file(str(checkpoint / WEIGHTS_FILE)))
+    saved = torch.load(checkpoint / TRAINER_STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    _set_rng_state(saved["rng"])
+    return TrainState(**saved["state"])
+
+
+@torch.no_grad()
+def evaluate_loss(model, dataset: CompressedDataset, *, collator: Collator, batch_size: int,
+                  max_sequences: int | None = None, bf16: bool = False) -> dict[str, float]:
+    """Target-weighted mean CLM loss (nats per compressed id) and mean reconstruction loss over
+    the first ``max_sequences`` windows of ``dataset``."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    count = len(dataset) if max_sequences is None else min(len(dataset), max_sequences)
+    clm_sum, targets, reconstruction = 0.0, 0, []
+    for start in range(0, count, batch_size):
+        windows = [dataset[i] for i in range(start, min(count, start + batch_size))]
+        batch = batch_to(collator(windows), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(**batch)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        clm_sum += float(out.clm_loss) * n
+        targets += n
+        if out.reconstruction_loss is not None:
+            reconstruction.append(float(out.reconstruction_loss))
+    model.train(was_training)
+    result = {"eval_clm_loss": clm_sum / max(targets, 1)}
+    if reconstruction:
+        result["eval_reconstruction_loss"] = sum(reconstruction) / len(reconstruction)
+    return result
+
+
+def _log(record: dict[str, Any], *, cfg: TrainConfig, state: TrainState, bar) -> None:
+    state.log_history.append(record)
+    with open(Path(cfg.output_dir) / "log.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+    text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+    if bar is not None:
+        bar.write(text)  # above the progress bar
+    else:
+        print(text, flush=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = None) -> TrainState:
+    """Trains to ``cfg.max_steps`` optimizer steps, resuming from the latest checkpoint in
+    ``cfg.output_dir`` (``resume=False`` refuses a folder that already has one).
+
+    ``stop_at_step``: save a checkpoint and return at that step, as if stopped there (a later
+    call continues the same run). Returns the final :class:`TrainState`.
+    """
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    output = Path(cfg.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is not None and not resume:
+        raise FileExistsError(f"{output} already holds {checkpoint.name}; resume, or use another output_dir")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    tokenizer = load_text_tokenizer(cfg.tokenizer or resolve_base_model(cfg.base_model))
+    model = build_model(cfg, tokenizer=tokenizer)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).train()
+    train_data, eval_data = _datasets(cfg, model, tokenizer)
+    collator = Collator(codec=model.codec)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps, min_lr=cfg.min_lr
+    )
+    state = TrainState()
+    if checkpoint is not None:
+        state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
+    (output / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    header = {
+        "event": "start", "step": state.step, "train_sequences": len(train_data),
+        "train_compressed_tokens": train_data.num_tokens, "train_base_tokens": sum(train_data.base_tokens),
+        "eval_sequences": len(eval_data) if eval_data else 0,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "resumed_from": checkpoint.name if checkpoint else None,
+    }
+    _log(header, cfg=cfg, state=state, bar=bar)
+    last_stop = stop_at_step if stop_at_step is not None else cfg.max_steps
+    session_start, session_elapsed0 = time.monotonic(), state.elapsed_s
+    while state.step < min(cfg.max_steps, last_stop):
+        clm, reconstruction = 0.0, 0.0
+        for micro in range(cfg.grad_accum):
+            indices = _batch_indices(state.step * cfg.grad_accum + micro, num_sequences=len(train_data),
+                                     batch_size=cfg.batch_size, seed=cfg.seed)
+            batch = batch_to(collator([train_data[i] for i in indices]), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = model(**batch)
+            (out.loss / cfg.grad_accum).backward()
+            clm += out.clm_loss.item() / cfg.grad_accum
+            if out.reconstruction_loss is not None:
+                reconstruction += out.reconstruction_loss.item() / cfg.grad_accum
+            state.compressed_tokens += int(batch["attention_mask"].sum())
+            state.base_tokens += sum(train_data.base_tokens[i] for i in indices)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.elapsed_s = session_elapsed0 + time.monotonic() - session_start
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(clm=f"{clm:.3f}", rec=f"{reconstruction:.3f}")
+        if state.step % cfg.log_every == 0 or state.step == 1:
+            _log({"step": state.step, "clm_loss": clm, "reconstruction_loss": reconstruction,
+                  "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
+                  "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)},
+                 cfg=cfg, state=state, bar=bar)
+        if eval_data is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
+            metrics = evaluate_loss(model, eval_data, collator=collator, batch_size=cfg.batch_size,
+                                    max_sequences=cfg.eval_max_sequences, bf16=cfg.bf16)
+            _log({"step": state.step, **metrics}, cfg=cfg, state=state, bar=bar)
+        if state.step % cfg.save_every == 0 or state.step in (cfg.max_steps, last_stop):
+            _save_checkpoint(model, optimizer, scheduler, state, cfg)
+    if bar is not None:
+        bar.close()
+    return state
