@@ -459,9 +459,15 @@ class Codec {
 
  private:
   void decode_into(const std::vector<Id>& ids, std::vector<Id>& out) const {
-    z2z::Decoder decoder(*config_, ids.size());
+    // One decoder per thread, restarted for each sequence: allocating its tables anew for every
+    // sequence made batch calls contend in the allocator instead of scaling with threads.
+    thread_local std::optional<z2z::Decoder> scratch;
+    if (scratch)
+      scratch->restart(*config_, ids.size());
+    else
+      scratch.emplace(*config_, ids.size());
     out.reserve(ids.size() * 2);
-    decoder.feed(ids.data(), ids.size(), &out, nullptr);
+    scratch->feed(ids.data(), ids.size(), &out, nullptr);
   }
 
   // fn(ids, out) for every sequence of the batch, on worker threads without the GIL.
@@ -472,7 +478,13 @@ class Codec {
     const size_t threads = thread_count(num_threads, rows.size(), total_size(rows));
     {
       py::gil_scoped_release release;
-      parallel_for(rows.size(), threads, [&](size_t i) { fn(rows[i], outs[i]); });
+      parallel_for(rows.size(), threads, [&](size_t i) {
+        // Fill a local vector and move it in once: neighbouring outs[i] share cache lines, and
+        // growing them in place from two threads made every push_back a cache-line transfer.
+        std::vector<Id> out;
+        fn(rows[i], out);
+        outs[i] = std::move(out);
+      });
     }
     py::list result(outs.size());
     for (size_t i = 0; i < outs.size(); ++i) result[i] = to_python(outs[i], as_numpy);

@@ -152,22 +152,20 @@ void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out)
 // ---------------------------------------------------------------------------------------------
 // EntryTable
 
-void EntryTable::reserve(size_t entries) {
-  const size_t capacity = power_of_two_at_least(2 * entries + 1);
-  if (capacity > slots_.size()) {
-    slots_.assign(capacity, Slot{0, -1});
-    used_ = 0;
-  }
+void EntryTable::reset(size_t entries) {
+  capacity_ = power_of_two_at_least(2 * entries + 1);
+  if (slots_.size() < capacity_) slots_.resize(capacity_);
+  clear();
 }
 
 void EntryTable::clear() {
-  std::fill(slots_.begin(), slots_.end(), Slot{0, -1});
+  std::fill(slots_.begin(), slots_.begin() + capacity_, Slot{0, -1});
   used_ = 0;
 }
 
 size_t EntryTable::probe(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
                          const std::vector<uint32_t>& offsets) const {
-  const size_t mask = slots_.size() - 1;
+  const size_t mask = capacity_ - 1;
   for (size_t i = mix(hash) & mask;; i = (i + 1) & mask) {
     const Slot& slot = slots_[i];
     if (slot.entry < 0) return i;
@@ -180,13 +178,13 @@ size_t EntryTable::probe(uint64_t hash, const Id* content, size_t len, const std
 
 Id EntryTable::find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
                     const std::vector<uint32_t>& offsets) const {
-  if (slots_.empty()) return -1;
+  if (capacity_ == 0) return -1;
   return slots_[probe(hash, content, len, tokens, offsets)].entry;
 }
 
 Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id new_entry,
                               const std::vector<Id>& tokens, const std::vector<uint32_t>& offsets) {
-  if (2 * (used_ + 1) > slots_.size()) grow();
+  if (2 * (used_ + 1) > capacity_) grow();
   Slot& slot = slots_[probe(hash, content, len, tokens, offsets)];
   if (slot.entry >= 0) return slot.entry;
   slot = Slot{hash, new_entry};
@@ -195,10 +193,9 @@ Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id n
 }
 
 void EntryTable::grow() {
-  std::vector<Slot> old = std::move(slots_);
-  slots_.assign(std::max<size_t>(16, 2 * old.size()), Slot{0, -1});
-  used_ = 0;
-  const size_t mask = slots_.size() - 1;
+  const std::vector<Slot> old(slots_.begin(), slots_.begin() + capacity_);
+  reset(capacity_ / 2 + 1);  // reset() sizes for 2 * entries + 1: twice the slots
+  const size_t mask = capacity_ - 1;
   for (const Slot& slot : old) {
     if (slot.entry < 0) continue;
     size_t i = mix(slot.hash) & mask;
@@ -211,24 +208,22 @@ void EntryTable::grow() {
 // ---------------------------------------------------------------------------------------------
 // Decoder
 
-Decoder::Decoder(const Config& config, size_t expected_ids) : config_(&config) {
-  // At most one entry per id read, so sizing by the input never over-allocates.
-  const size_t entries = std::min<size_t>(expected_ids, config.codebook_size);
-  table_.reserve(std::max<size_t>(entries, 8));
-  offsets_.reserve(entries + 1);
-  known_at_.reserve(entries);
-  tokens_.reserve(entries * std::min<size_t>(config.max_subtokens, 4));
-  buffer_.reserve(std::min<Id>(config.max_subtokens, 64));
-  clear_buffer();
-}
+Decoder::Decoder(const Config& config, size_t expected_ids) { restart(config, expected_ids); }
 
-void Decoder::reset() {
+void Decoder::restart(const Config& config, size_t expected_ids) {
+  config_ = &config;
   position_ = 0;
   clear_buffer();
+  // At most one entry per id read, so sizing by the input never over-allocates.
+  const size_t entries = std::min<size_t>(expected_ids, config.codebook_size);
+  table_.reset(std::max<size_t>(entries, 8));
   tokens_.clear();
+  tokens_.reserve(entries * std::min<size_t>(config.max_subtokens, 4));
   offsets_.assign(1, 0);
+  offsets_.reserve(entries + 1);
   known_at_.clear();
-  table_.clear();
+  known_at_.reserve(entries);
+  buffer_.reserve(std::min<Id>(config.max_subtokens, 64));
 }
 
 void Decoder::fail(const std::string& what, Id id) const {

@@ -42,7 +42,8 @@ void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out)
 // create entries whose prefixes are not entries themselves.
 class EntryTable {
  public:
-  void reserve(size_t entries);
+  // Empty, with room for `entries` before growing; keeps the memory it has.
+  void reset(size_t entries);
   void clear();
   // Index of the entry with this content; if there is none, records `new_entry` under it and
   // returns -1 (the caller then stores the content as entry `new_entry`).
@@ -61,7 +62,8 @@ class EntryTable {
   size_t probe(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
                const std::vector<uint32_t>& offsets) const;
   void grow();
-  std::vector<Slot> slots_;
+  std::vector<Slot> slots_;  // the first capacity_ are in use
+  size_t capacity_ = 0;      // a power of two
   size_t used_ = 0;
 };
 
@@ -75,7 +77,10 @@ class Decoder {
   // (either may be null). All or nothing: on InvalidIds the decoder and both outputs are left
   // exactly as they were.
   void feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created);
-  void reset();
+  // Back to position 0 with an empty codebook, for `config` and about `expected_ids` ids;
+  // keeps the memory it has, so that one decoder can serve many sequences.
+  void restart(const Config& config, size_t expected_ids = 0);
+  void reset() { restart(*config_, 0); }
 
   const Config& config() const { return *config_; }
   size_t position() const { return position_; }
