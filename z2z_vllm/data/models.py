@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from z2z_vllm.data.sources import require_module, resolve_cache_dir
+from z2z_vllm.data.sources import build_cached_folder, require_module, resolve_cache_dir
 from z2z_vllm.data.tokenizers import tokenizer_dir
 from z2z_vllm.data.vocab_sources import SMOLLM2_GGUF_SHA256, smollm2_gguf_path
 
@@ -66,21 +65,5 @@ def base_model_dir(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike |
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    root = resolve_cache_dir(cache_dir) / "models"
-    folder = root / name
-    if _is_current(folder):
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        _write_smollm2(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from a server running as another user
-        os.rename(staging, folder)
-    except OSError:
-        if not _is_current(folder):  # anything but losing a race to an identical build
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    folder = resolve_cache_dir(cache_dir) / "models" / name
+    return build_cached_folder(folder, is_current=_is_current, write=_write_smollm2)

@@ -12,6 +12,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 INSTALL_COMMAND = "bash scripts/install_data_sources.sh"
@@ -55,6 +58,32 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(cache_dir)
     from_env = os.environ.get("Z2Z_CACHE_DIR")
     return Path(from_env) if from_env else Path.home() / ".cache" / "z2z_vllm"
+
+
+def build_cached_folder(
+    folder: Path, *, is_current: Callable[[Path], bool], write: Callable[[Path], None]
+) -> Path:
+    """``folder``, first written by ``write(staging)`` unless ``is_current(folder)``.
+
+    The folder is built beside its target and renamed into place, so concurrent users never see
+    half a folder, and a stale one (from an older version of this package) is replaced.
+    """
+    if is_current(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from a server running as another user
+        if folder.exists() and not is_current(folder):
+            shutil.rmtree(folder)
+        os.rename(staging, folder)
+    except OSError:
+        if not is_current(folder):  # anything but losing a race to an identical build
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def npm_prefix() -> Path:

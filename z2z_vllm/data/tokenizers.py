@@ -15,8 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 
 from z2z_vllm.data import patterns, vocab_sources
 from z2z_vllm.data.byte_level_bpe import AddedTokenSpec, byte_level_bpe, merges_from_ranks, spell
-from z2z_vllm.data.sources import NPM_PINS, PIP_PINS, resolve_cache_dir
+from z2z_vllm.data.sources import NPM_PINS, PIP_PINS, build_cached_folder, resolve_cache_dir
 
 TOKENIZER_NAMES: tuple[str, ...] = ("gpt2", "llama3", "qwen2.5", "smollm2", "cl100k_base", "o200k_base")
 
@@ -181,25 +179,10 @@ def tokenizer_dir(name: str, *, cache_dir: str | os.PathLike | None = None) -> P
     Raises ``DataSourceMissing`` (naming the install command) when a source package is absent.
     """
     _check_name(name)
-    root = resolve_cache_dir(cache_dir) / "tokenizers"
-    folder = root / name
-    if _is_current(folder):
-        return folder
-    built = _BUILDERS[name]()
-    root.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place, so concurrent users never see half a folder.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        _write_folder(name, built, staging)
-        if folder.exists() and not _is_current(folder):
-            shutil.rmtree(folder)  # built by an older version of this module
-        os.rename(staging, folder)
-    except OSError:
-        if not _is_current(folder):  # anything but losing a race to an identical build
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    folder = resolve_cache_dir(cache_dir) / "tokenizers" / name
+    return build_cached_folder(
+        folder, is_current=_is_current, write=lambda staging: _write_folder(name, _BUILDERS[name](), staging)
+    )
 
 
 def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
