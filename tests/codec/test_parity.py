@@ -98,7 +98,7 @@ def test_numpy_inputs_of_any_integer_dtype():
         assert codec.encode(array[::-1][::-1]) == expected  # strided view
     out = codec.encode(np.array(ids), as_numpy=True)
     assert out.dtype == np.int64 and out.tolist() == expected
-    assert codec.decode(out).__eq__(ids)
+    assert codec.decode(out) == ids
 
 
 @pytest.mark.parametrize("max_subtokens", [1, 2, 3, 4, 8])
