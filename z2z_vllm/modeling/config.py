@@ -24,6 +24,8 @@ from z2z_vllm.codec import LZWCodec
 CONFIG_FILE = "z2z_config.json"
 HF_CONFIG_FILE = "config.json"
 HF_CONFIG_KEY = "z2z"
+# Rows of embed_tokens / lm_head in an export's weights (>= V); its "vocab_size" is V + C.
+BASE_VOCAB_SIZE_KEY = "z2z_base_vocab_size"
 FORMAT_VERSION = 1
 
 EncoderKind = Literal["mean", "attention", "transformer", "residual"]
@@ -167,6 +169,12 @@ class Zip2ZipConfig:
             f"no z2z config in {directory}: expected {CONFIG_FILE} or a "
             f"{HF_CONFIG_KEY!r} block in {HF_CONFIG_FILE}"
         )
+
+
+def serving_architecture(base_architecture: str) -> str:
+    """The architecture name the vLLM plugin registers for a base: ``LlamaForCausalLM`` ->
+    ``Zip2ZipLlamaForCausalLM``."""
+    return f"Zip2Zip{base_architecture}"
 
 
 def disabled_ids_for(tokenizer: Any, *, initial_vocab_size: int, protect_digits: bool = False) -> tuple[int, ...]:

@@ -83,7 +83,13 @@ import torch
 from torch import nn
 
 from z2z_vllm.modeling import WEIGHTS_FILE, Zip2ZipConfig, Zip2ZipForCausalLM
-from z2z_vllm.modeling.config import CONFIG_FILE, HF_CONFIG_FILE, HF_CONFIG_KEY
+from z2z_vllm.modeling.config import (
+    BASE_VOCAB_SIZE_KEY,
+    CONFIG_FILE,
+    HF_CONFIG_FILE,
+    HF_CONFIG_KEY,
+    serving_architecture,
+)
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -97,15 +103,8 @@ __all__ = [
 ]
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-BASE_VOCAB_SIZE_KEY = "z2z_base_vocab_size"
 _BASE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def serving_architecture(base_architecture: str) -> str:
-    """The architecture name the vLLM plugin registers for a base: ``LlamaForCausalLM`` ->
-    ``Zip2ZipLlamaForCausalLM``."""
-    return f"Zip2Zip{base_architecture}"
 
 
 def is_export(directory: str | os.PathLike) -> bool:

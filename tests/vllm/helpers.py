@@ -1,0 +1,73 @@
+"""A tiny exported z2z model (random Llama, word-level tokenizer) and fast vLLM settings.
+
+The model reads ``t1 .. t47`` words (ids 1..47; ``<s>`` = id 0 is BOS/EOS/pad, never merged),
+V = 48, C = 24, M = 3: prompts of repeated words fill the codebook in a few dozen tokens, so
+hypertokens appear in every test. Float32 throughout, so vLLM and the HF reference agree
+token for token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.modeling.helpers import C, M, V
+from tests.training.checkpoint_helpers import randomize_, tiny_base_folder
+
+vllm = pytest.importorskip("vllm")
+
+# Fast, stable engines for tests (ENVIRONMENT.md): in-process engine core, eager, small cache.
+VLLM_TEST_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+LLM_TEST_KWARGS = dict(
+    dtype="float32",
+    enforce_eager=True,
+    max_model_len=256,
+    max_num_seqs=8,
+    distributed_executor_backend="uni",
+    seed=0,
+)
+
+
+def use_test_env() -> None:
+    os.environ.update(VLLM_TEST_ENV)
+
+
+def export_tiny_model(directory: Path, *, seed: int = 0) -> Path:
+    """Writes a servable export of a tiny random z2z model into ``directory``; returns it."""
+    import transformers
+
+    from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
+    from z2z_vllm.training import export_for_serving, save_checkpoint
+
+    base_dir = tiny_base_folder(directory / "base", seed=seed)
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir))
+    model = Zip2ZipForCausalLM.from_base(
+        base,
+        max_codebook_size=C,
+        max_subtokens=M,
+        disabled_ids=(0,),
+        input_encoder=EncoderConfig(kind="attention"),
+    ).eval()
+    # Random weights at a scale where greedy decoding wanders over base ids and hypertokens
+    # instead of repeating one id.
+    randomize_(model.base_model, seed=seed + 3)
+    randomize_(model.input_encoder, seed=seed + 1)
+    randomize_(model.output_encoder, seed=seed + 2)
+    checkpoint = save_checkpoint(model, directory / "checkpoint", include_base_weights=True)
+    from tests.training.checkpoint_helpers import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(str(checkpoint))
+    return export_for_serving(checkpoint, directory / "export")
+
+
+def repeated_words(pattern: list[int], times: int) -> str:
+    """Text of ``pattern`` (word ids) repeated ``times`` times: compresses well."""
+    return " ".join(f"t{i}" for i in pattern * times)

