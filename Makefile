@@ -12,12 +12,13 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # Reinstall when the build inputs change; the native codec is rebuilt by the editable install.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_sources.sh
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_sources.sh scripts/install_vllm.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel "pybind11>=2.12"
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[data,model,train,bench,test]"
 	$(BIN)/python -m pip install --quiet --no-deps zip2zip==0.2.0
+	PYTHON=$(BIN)/python bash scripts/install_vllm.sh
 	PYTHON=$(BIN)/python bash scripts/install_data_sources.sh
 	touch $@
 

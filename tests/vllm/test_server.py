@@ -1,0 +1,141 @@
+"""``vllm serve`` on a tiny z2z model: the documented command starts the OpenAI server, streamed
+text equals offline text, bad prompt ids get HTTP 400 while the server keeps serving, and 200
+concurrent completions all come back with text that is the codec's expansion of their ids."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.vllm.helpers import LLM_TEST_KWARGS, VLLM_TEST_ENV, repeated_words
+
+vllm = pytest.importorskip("vllm")
+httpx = pytest.importorskip("httpx")
+
+from z2z_vllm.modeling.config import Zip2ZipConfig  # noqa: E402
+
+MAX_TOKENS = 16
+LOAD_REQUESTS = 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export, tmp_path_factory):
+    """``vllm serve DIR`` (the console script next to this Python), engine in its own process."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, **VLLM_TEST_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    command = [
+        str(Path(sys.executable).parent / "vllm"), "serve", str(tiny_export),
+        "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", "256", "--max-num-seqs", "32", "--seed", "0",
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vllm serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def complete(url: str, model_dir: Path, **body) -> httpx.Response:
+    """A greedy completion request (the served model's name is its folder path)."""
+    body = {"model": str(model_dir), "max_tokens": MAX_TOKENS, "temperature": 0.0, **body}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+
+
+def test_streamed_text_equals_offline_text(server, tiny_export):
+    prompt = repeated_words([3, 4, 5, 3], 6)
+    whole = complete(server, tiny_export, prompt=prompt).json()["choices"][0]["text"]
+    chunks = []
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/completions",
+        json={"model": str(tiny_export), "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "stream": True},
+        timeout=120,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.extend(choice["text"] for choice in json.loads(line[6:])["choices"])
+    assert len(chunks) > 1 and "".join(chunks) == whole
+
+    os.environ.update(VLLM_TEST_ENV)
+    llm = vllm.LLM(model=str(tiny_export), **LLM_TEST_KWARGS)
+    try:
+        offline = llm.generate([prompt], vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0), use_tqdm=False)
+        assert offline[0].outputs[0].text == whole
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def test_bad_prompt_ids_get_400_and_the_server_keeps_serving(server, tiny_export):
+    V = Zip2ZipConfig.load(tiny_export).initial_vocab_size
+    for bad in ([1, 2, V + 5], [1, -3], [1, V + 10_000]):
+        response = complete(server, tiny_export, prompt=bad)
+        assert response.status_code == 400, response.text
+    assert complete(server, tiny_export, prompt=[1, 2, 1, 2, V]).status_code == 200  # V: entry 0 = (1, 2)
+
+
+def test_200_concurrent_completions_expand_to_their_text(server, tiny_export):
+    from transformers import AutoTokenizer
+
+    codec = Zip2ZipConfig.load(tiny_export).codec()
+    base = AutoTokenizer.from_pretrained(str(tiny_export))
+    model = str(tiny_export)
+    prompts = [repeated_words([1 + i % 40, 2 + i % 37, 1 + i % 40], 3 + i % 5) for i in range(LOAD_REQUESTS)]
+
+    async def one(client: httpx.AsyncClient, prompt: str) -> dict:
+        body = {
+            "model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": len(prompt),
+            "return_token_ids": True,
+        }  # fmt: skip
+        response = await client.post("/v1/completions", json=body)
+        response.raise_for_status()
+        data = response.json()
+        return {"prompt_ids": data["choices"][0]["prompt_token_ids"] or data.get("prompt_token_ids"), **data["choices"][0]}
+
+    async def all_requests() -> list[dict]:
+        limits = httpx.Limits(max_connections=LOAD_REQUESTS)
+        async with httpx.AsyncClient(base_url=server, timeout=300, limits=limits) as client:
+            return await asyncio.gather(*(one(client, p) for p in prompts))
+
+    results = asyncio.run(all_requests())
+    assert len(results) == LOAD_REQUESTS
+    for result in results:
+        decoder = codec.decoder()
+        prompt_base = decoder.decode(result["prompt_ids"])
+        output_base = decoder.decode(result["token_ids"])
+        prompt_text = base.decode(prompt_base, skip_special_tokens=True)
+        full_text = base.decode(prompt_base + output_base, skip_special_tokens=True)
+        assert full_text[len(prompt_text) :] == result["text"]
+    assert any(t >= codec.initial_vocab_size for r in results for t in r["token_ids"])

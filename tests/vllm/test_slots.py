@@ -1,0 +1,151 @@
+"""HyperSlots without an engine: per-request codebooks advanced over token lists, replays,
+slot reuse, and logits / embeddings against the HF-level model's building blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.modeling.helpers import C, M, V, base_stream, tiny_model
+from tests.training.checkpoint_helpers import randomize_
+from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+
+H = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = tiny_model("llama", seed=0)
+    randomize_(model.output_encoder, seed=1)
+    randomize_(model.input_encoder, seed=2)
+    return model
+
+
+def make_slots(model, num_slots: int = 4) -> HyperSlots:
+    return HyperSlots(
+        codec=model.codec,
+        num_slots=num_slots,
+        hidden_size=H,
+        encode_inputs=model.encode_inputs,
+        encode_outputs=model.encode_outputs,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+def request(req_id: str, tokens: list[int], begin: int, end: int, *, prompt_len: int | None = None) -> ScheduledRequest:
+    split = len(tokens) if prompt_len is None else prompt_len
+    return ScheduledRequest(req_id, tokens[:split], tokens[split:], begin, end)
+
+
+def stream(model, seed: int, length: int = 60) -> list[int]:
+    return model.codec.encode(base_stream(length, seed=seed))
+
+
+def as_row(subtokens) -> torch.Tensor:
+    """[1, M] base ids of one entry, -1 padded."""
+    subtokens = list(subtokens)
+    return torch.tensor([subtokens + [-1] * (M - len(subtokens))])
+
+
+def expected_logits(model, tokens: list[int], hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """Logits after reading ``tokens``, built from a fresh decoder with the model's own code."""
+    decoder = model.codec.decoder()
+    entries = [subtokens for _, subtokens in decoder.feed(tokens)]
+    hyper = torch.full((C,), float("-inf"))
+    if entries:
+        rows = model.encode_outputs(torch.cat([as_row(e) for e in entries]))
+        hyper[: len(entries)] = rows @ hidden
+    if decoder.candidate is not None:
+        hyper[len(entries)] = model.encode_outputs(as_row(decoder.candidate[1]))[0] @ hidden
+    return torch.cat([base_logits, hyper])
+
+
+@torch.no_grad()
+def test_logits_match_a_fresh_decoder_for_each_request(model):
+    slots = make_slots(model)
+    streams = [stream(model, seed) for seed in range(3)]
+    slots.begin_step([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)])
+    hidden = torch.randn(3, H)
+    base = torch.randn(3, V)
+    logits = slots.logits(hidden, base)
+    assert logits.shape == (3, V + C)
+    for row, tokens in enumerate(streams):
+        torch.testing.assert_close(logits[row], expected_logits(model, tokens, hidden[row], base[row]))
+
+
+@torch.no_grad()
+def test_chunks_and_decode_steps_equal_one_pass(model):
+    tokens = stream(model, seed=4)
+    whole, chunked = make_slots(model), make_slots(model)
+    whole.begin_step([request("a", tokens, 0, len(tokens))])
+    # Chunked prefill of the prompt, then one decode step per remaining token.
+    prompt_len = len(tokens) - 5
+    for begin, end in [(0, 7), (7, 20), (20, prompt_len)] + [(t, t + 1) for t in range(prompt_len, len(tokens))]:
+        chunked.begin_step([request("a", tokens[:end], begin, end, prompt_len=min(prompt_len, end))])
+    hidden, base = torch.randn(1, H), torch.randn(1, V)
+    torch.testing.assert_close(chunked.logits(hidden, base), whole.logits(hidden, base))
+
+
+@torch.no_grad()
+def test_recompute_from_zero_replays_the_codebook(model):
+    """Preemption with recompute: the request comes back at position 0 after its decoder had read
+    further, possibly with a different continuation (discarded tokens)."""
+    tokens = stream(model, seed=5)
+    other = tokens[:30] + stream(model, seed=6)[:20]
+    slots = make_slots(model)
+    slots.begin_step([request("a", tokens, 0, len(tokens))])
+    slots.logits(torch.randn(1, H), torch.randn(1, V))
+    slots.begin_step([request("a", other, 0, len(other))])
+    fresh = make_slots(model)
+    fresh.begin_step([request("a", other, 0, len(other))])
+    hidden, base = torch.randn(1, H), torch.randn(1, V)
+    torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
+
+
+@torch.no_grad()
+def test_embeddings_of_hypertokens_come_from_their_own_request(model):
+    a, b = stream(model, seed=7), stream(model, seed=8)
+    slots = make_slots(model)
+    slots.begin_step([request("a", a, 0, len(a)), request("b", b, 0, len(b))])
+    ids = torch.tensor(a + b)
+    embeds = slots.embed(ids, lambda base_ids: torch.nn.functional.embedding(base_ids, model.input_table()))
+    for offset, tokens in ((0, a), (len(a), b)):
+        decoder = model.codec.decoder()
+        entries = {hyper_id: subtokens for hyper_id, subtokens in decoder.feed(tokens)}
+        for position, token in enumerate(tokens):
+            if token >= V:
+                row = model.encode_inputs(as_row(entries[token]))[0]
+            else:
+                row = model.input_table()[token]
+            torch.testing.assert_close(embeds[offset + position], row)
+    slots.logits(torch.randn(2, H), torch.randn(2, V))  # the step's own logits
+    # Outside a step (vLLM's dummy runs) ids embed as base ids and hyper columns stay -inf.
+    outside = slots.embed(ids.clamp(max=V - 1), lambda base_ids: torch.nn.functional.embedding(base_ids, model.input_table()))
+    assert outside.shape == embeds.shape
+    assert torch.isinf(slots.logits(torch.randn(2, H), torch.randn(2, V))[:, V:]).all()
+
+
+def test_slots_are_reused_after_release_and_run_out_clearly(model):
+    slots = make_slots(model, num_slots=2)
+    tokens = stream(model, seed=9)
+    slots.begin_step([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, 10)])
+    with pytest.raises(RuntimeError, match="no free codebook slot"):
+        slots.slot("c")
+    slots.release("a")
+    slots.release("unknown")  # ignored
+    assert slots.num_active == 1
+    # "c" takes a's old slot and starts from an empty codebook.
+    slots.begin_step([request("c", tokens[:3], 0, 3)])
+    hidden, base = torch.randn(1, H), torch.randn(1, V)
+    fresh = make_slots(model)
+    fresh.begin_step([request("c", tokens[:3], 0, 3)])
+    torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
+
+
+def test_logits_rows_must_match_the_scheduled_requests(model):
+    slots = make_slots(model)
+    tokens = stream(model, seed=10)
+    slots.begin_step([request("a", tokens, 0, len(tokens))])
+    with pytest.raises(RuntimeError, match="2 logits rows for 1 scheduled requests"):
+        slots.logits(torch.randn(2, H), torch.randn(2, V))
