@@ -1,4 +1,4 @@
-# Quick start:  make demo   (set up, then compress the bundled sample with a real tokenizer)
+# Quick start:  make demo   (set up, then serve a z2z SmolLM2 with vLLM and query it with curl)
 #               make test   (set up, then run the test suite: what CI runs)
 PYTHON ?= python3
 # The CPU build that lies on these machines; a bare `torch` requirement would pull a CUDA build.
@@ -6,6 +6,8 @@ TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Until the bundled uptrained model lands: SmolLM2-135M with untrained hyper-encoders.
+DEMO_MODEL ?= models/z2z-smollm2-135m-init
 
 .PHONY: setup demo test bench fuzz clean
 
@@ -23,7 +25,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_source
 	touch $@
 
 demo: setup
-	$(BIN)/z2z compress --sample --tokenizer smollm2
+	test -f $(DEMO_MODEL)/config.json || $(BIN)/z2z init smollm2-135m $(DEMO_MODEL)
+	VLLM=$(BIN)/vllm bash scripts/serve_demo.sh $(DEMO_MODEL)
 
 test: setup
 	$(BIN)/python -m pytest -q

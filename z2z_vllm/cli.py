@@ -6,6 +6,7 @@
     python -m z2z_vllm.cli compress --sample        # the same without the installed script
     z2z import-reference their_ckpt/ ours/ --base base_model_dir/   # authors' checkpoint -> ours
     z2z export ours/ servable/                      # LoRA merged; then: vllm serve servable/
+    z2z init smollm2-135m servable/                 # untrained hyper-encoders, servable as is
 
 Adding a verb: write the verb as a function ``verb(args) -> exit code``, and a
 ``_add_<verb>_parser(subparsers)`` that declares its arguments and sets ``handler=verb``; list the
@@ -309,6 +310,55 @@ def _add_export_parser(subparsers) -> None:
     parser.set_defaults(handler=export)
 
 
+def init(args: argparse.Namespace) -> int:
+    """Write a vLLM-servable z2z model over a base model with freshly initialised (untrained)
+    hyper-encoders: for trying the serving path before a model is uptrained. With the residual
+    encoder a hypertoken starts as its first subtoken, so text stays readable but loses detail."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
+    from z2z_vllm.training.checkpoints import export_for_serving, save_checkpoint
+    from z2z_vllm.training.trainer import resolve_base_model
+
+    def build():
+        base_dir = resolve_base_model(args.base)
+        model = Zip2ZipForCausalLM.from_base(
+            AutoModelForCausalLM.from_pretrained(base_dir),
+            tokenizer=AutoTokenizer.from_pretrained(base_dir),
+            max_codebook_size=args.codebook_size,
+            max_subtokens=args.max_subtokens,
+            protect_digits=args.protect_digits,
+            input_encoder=EncoderConfig(kind=args.encoder),
+            reconstruction_weight=0.0,
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            checkpoint = save_checkpoint(model, Path(scratch) / "checkpoint")
+            return export_for_serving(checkpoint, args.dst, base_model=base_dir, dtype=args.dtype)
+
+    dst = _checkpoint_errors(build)
+    print(f"initialised {args.base} -> {dst} (serve with: vllm serve {dst})")
+    return 0
+
+
+def _add_init_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "init", help="write an untrained, servable z2z model over a base model", description=init.__doc__
+    )
+    parser.add_argument("base", metavar="BASE", help="base model folder, or a z2z_vllm.data.models name (smollm2-135m)")
+    parser.add_argument("dst", metavar="DST", help="output folder (must not exist or be empty)")
+    parser.add_argument("--codebook-size", type=_positive_int, default=256, metavar="C", help="hypertoken slots (default 256)")
+    parser.add_argument("--max-subtokens", type=_positive_int, default=4, metavar="M", help="base ids per hypertoken (default 4)")
+    parser.add_argument(
+        "--encoder", default="residual", metavar="KIND",
+        help="hyper-encoder: mean, attention, transformer or residual (default residual)",
+    )  # fmt: skip
+    parser.add_argument("--protect-digits", action="store_true", help="never merge tokens containing digits")
+    parser.add_argument("--dtype", choices=_DTYPES, default="bfloat16", help="weights dtype (default bfloat16)")
+    parser.set_defaults(handler=init)
+
+
 def import_reference(args: argparse.Namespace) -> int:
     """Convert a checkpoint of the authors' zip2zip package (zip2zip_config.json,
     zip2zip_encoders.safetensors, PEFT adapter or full weights) into our checkpoint format."""
@@ -414,6 +464,7 @@ def _add_eval_bpb_parser(subparsers) -> None:
 
 _VERB_PARSERS = (
     _add_compress_parser,
+    _add_init_parser,
     _add_export_parser,
     _add_import_reference_parser,
     _add_train_parser,
