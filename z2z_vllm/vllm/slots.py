@@ -1,7 +1,9 @@
 """Per-request codebook state of a serving batch, in fixed-size tensors indexed by slot.
 
 A request takes a slot when it is first scheduled and gives it back when the runner drops it.
-Each slot holds:
+When all slots are taken (preempted requests keep theirs while new ones run), the slot of a
+request that is not in the current step is reused; that request replays its codebook from
+position 0 when it is scheduled again. Each slot holds:
 
 - on the host: the request's incremental ``LZWDecoder`` and the base ids of its entries;
 - on the model's device: hyper output rows ``[S, C, H]`` (for logits), hyper input rows
@@ -84,6 +86,8 @@ class HyperSlots:
 
         self._slot_of: dict[str, int] = {}
         self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
+        self._step = 0
+        self._last_step = np.zeros(S, dtype=np.int64)  # the step each slot was last scheduled in
         self._decoders = [codec.decoder() for _ in range(S)]
         self._entries: list[list[list[int]]] = [[] for _ in range(S)]  # base ids per entry
         self._input_ready = np.zeros((S, C), dtype=bool)
@@ -102,14 +106,24 @@ class HyperSlots:
         return len(self._slot_of)
 
     def slot(self, req_id: str) -> int:
-        """The request's slot, taking a free one on first sight."""
+        """The request's slot, taking a free one (or one idle in this step) on first sight."""
         slot = self._slot_of.get(req_id)
         if slot is None:
-            if not self._free:
-                raise RuntimeError(f"no free codebook slot for request {req_id!r} (all {self.num_slots} in use)")
-            slot = self._free.pop()
+            slot = self._free.pop() if self._free else self._evict_idle(req_id)
             self._slot_of[req_id] = slot
             self._reset(slot)
+        self._last_step[slot] = self._step
+        return slot
+
+    def _evict_idle(self, req_id: str) -> int:
+        """Takes the slot of the request scheduled longest ago that is not in this step."""
+        idle = {slot: owner for owner, slot in self._slot_of.items() if self._last_step[slot] < self._step}
+        if not idle:
+            raise RuntimeError(
+                f"no free codebook slot for request {req_id!r}: all {self.num_slots} are in this step"
+            )
+        slot = min(idle, key=lambda s: self._last_step[s])
+        del self._slot_of[idle[slot]]
         return slot
 
     def release(self, req_id: str) -> None:
@@ -132,6 +146,7 @@ class HyperSlots:
         encodes the rows this step needs. Raises ``ValueError`` on an invalid token list."""
         V = self.vocab_size
         device = self.num_known.device
+        self._step += 1
         new_keys: list[tuple[int, int]] = []  # (slot, entry) whose output row is due
         candidates: list[tuple[int, list[int]]] = []
         reads: list[tuple[int, int]] = []  # (slot, entry) read as input this step
