@@ -2,11 +2,23 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vllm.helpers import export_tiny_model, use_test_env
+from tests.vllm.helpers import PATTERNS, reference_generation
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """A servable export of a tiny random z2z model (see tests/vllm/helpers.py)."""
-    use_test_env()
-    return export_tiny_model(tmp_path_factory.mktemp("z2z_tiny"))
+def codec(tiny_export):
+    from z2z_vllm.modeling.config import Zip2ZipConfig
+
+    return Zip2ZipConfig.load(tiny_export).codec()
+
+
+@pytest.fixture(scope="session")
+def prompts(codec) -> list[list[int]]:
+    """Compressed prompts of PATTERNS, with hypertokens."""
+    return [codec.encode(pattern) for pattern in PATTERNS]
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_export, prompts) -> list[list[int]]:
+    """The HF reference's greedy continuations of ``prompts``."""
+    return reference_generation(tiny_export, prompts)

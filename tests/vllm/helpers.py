@@ -11,12 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.modeling.helpers import C, M, V
 from tests.training.checkpoint_helpers import randomize_, tiny_base_folder
-
-vllm = pytest.importorskip("vllm")
 
 # Fast, stable engines for tests (ENVIRONMENT.md): in-process engine core, eager, small cache.
 VLLM_TEST_ENV = {
@@ -71,3 +67,53 @@ def export_tiny_model(directory: Path, *, seed: int = 0) -> Path:
 def repeated_words(pattern: list[int], times: int) -> str:
     """Text of ``pattern`` (word ids) repeated ``times`` times: compresses well."""
     return " ".join(f"t{i}" for i in pattern * times)
+
+
+# -- engines and the reference generation -------------------------------------------------------
+
+MAX_TOKENS = 24
+EOS = 0
+# Word-id patterns: repeats build codebook entries in the prompt, the rest varies the batch.
+PATTERNS = [
+    [1, 2, 3, 4] * 6,
+    [5, 6, 5, 7] * 5 + [1, 2],
+    [8, 9, 10] * 8 + [11],
+    [12, 13, 12, 13, 12, 13, 14] * 3,
+    list(range(15, 40)),
+    [40, 41] * 12 + [42, 43, 44],
+    [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3],  # KwKwK in the prompt
+    [20, 21, 22, 23] * 10,
+]
+
+
+def make_llm(model_dir: Path, **overrides):
+    """An in-process engine with the fast test settings. In-process engines share vLLM's
+    distributed state and shutting one down tears it down: shut each down before the next
+    engine is used."""
+    import vllm
+
+    use_test_env()
+    return vllm.LLM(model=str(model_dir), **{**LLM_TEST_KWARGS, **overrides})
+
+
+def greedy(llm, prompts: list[list[int]], *, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    """Greedy continuations (compressed ids) of compressed prompts."""
+    import vllm
+
+    outputs = llm.generate(
+        [vllm.TokensPrompt(prompt_token_ids=p) for p in prompts],
+        vllm.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        use_tqdm=False,
+    )
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def reference_generation(model_dir: Path, prompts: list[list[int]], *, max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    """Greedy continuations by the HF-level reference (z2z_vllm.modeling.generation)."""
+    import torch
+
+    from z2z_vllm.modeling.generation import generate
+    from z2z_vllm.training import load_for_inference
+
+    model = load_for_inference(model_dir, dtype=torch.float32)
+    return generate(model, prompts, max_new_tokens=max_tokens, eos_token_id=EOS).sequences

@@ -14,6 +14,7 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
+from vllm.renderers.params import TokenizeParams  # noqa: E402
 from vllm.v1.engine.detokenizer import BaseIncrementalDetokenizer, IncrementalDetokenizer  # noqa: E402
 from vllm.v1.engine.logprobs import LogprobsProcessor  # noqa: E402
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch  # noqa: E402
@@ -32,7 +33,9 @@ def installed_vllm_version() -> str:
 
 
 def parameters(function) -> list[str]:
-    return list(inspect.signature(inspect.unwrap(function)).parameters)
+    """Parameter names of the original function behind any patch (``cls`` of classmethods left out)."""
+    names = list(inspect.signature(inspect.unwrap(function)).parameters)
+    return names[1:] if names[:1] == ["cls"] else names
 
 
 def test_patches_were_written_for_the_installed_vllm():
@@ -61,10 +64,17 @@ def test_runner_methods_the_patches_wrap_keep_their_signatures():
     assert "self.model.compute_logits(sample_hidden_states)" in execute
 
 
-def test_front_end_factories_the_patches_wrap_keep_their_signatures():
+def test_front_end_internals_the_plugin_relies_on_are_unchanged():
     assert parameters(IncrementalDetokenizer.from_new_request) == ["tokenizer", "request"]
     assert parameters(LogprobsProcessor.from_new_request) == ["tokenizer", "request"]
+    # Zip2ZipIncrementalDetokenizer: update() records each id before decoding it.
     assert "decode_next" in BaseIncrementalDetokenizer.__abstractmethods__
+    update = inspect.getsource(BaseIncrementalDetokenizer.update)
+    assert update.index("self.token_ids.append(new_token_id)") < update.index("self.decode_next(new_token_id)")
+    # Zip2ZipLogprobsProcessor overrides this private method.
+    assert parameters(LogprobsProcessor._update_sample_logprobs) == ["self", "logprobs_lists"]
+    # Zip2ZipRenderer's left truncation of compressed prompts overrides this private method.
+    assert parameters(TokenizeParams._token_truncation) == ["self", "tokenizer", "tokens"]
 
 
 def test_register_installs_each_patch_once():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vllm.helpers import LLM_TEST_KWARGS, VLLM_TEST_ENV, repeated_words
+from tests.vllm.helpers import VLLM_TEST_ENV, make_llm, repeated_words
 
 vllm = pytest.importorskip("vllm")
 httpx = pytest.importorskip("httpx")
@@ -89,8 +89,7 @@ def test_streamed_text_equals_offline_text(server, tiny_export):
                 chunks.extend(choice["text"] for choice in json.loads(line[6:])["choices"])
     assert len(chunks) > 1 and "".join(chunks) == whole
 
-    os.environ.update(VLLM_TEST_ENV)
-    llm = vllm.LLM(model=str(tiny_export), **LLM_TEST_KWARGS)
+    llm = make_llm(tiny_export)
     try:
         offline = llm.generate([prompt], vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0), use_tqdm=False)
         assert offline[0].outputs[0].text == whole

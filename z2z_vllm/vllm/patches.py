@@ -88,7 +88,39 @@ def _scheduled_requests(runner: Any) -> list[ScheduledRequest]:
 
 def _patch_detokenizer() -> None:
     """Front end: see the module docstring (z2z_vllm.vllm.detokenizer)."""
+    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+
+    from z2z_vllm.vllm.detokenizer import Zip2ZipIncrementalDetokenizer
+    from z2z_vllm.vllm.tokenizer import Zip2ZipTokenizer
+
+    original = IncrementalDetokenizer.from_new_request.__func__
+
+    @functools.wraps(original)
+    def from_new_request(cls, tokenizer: Any, request: Any) -> Any:
+        if isinstance(tokenizer, Zip2ZipTokenizer):
+            return Zip2ZipIncrementalDetokenizer(tokenizer, request)
+        return original(cls, tokenizer, request)
+
+    # The output processor calls it on the class (IncrementalDetokenizer.from_new_request).
+    IncrementalDetokenizer.from_new_request = classmethod(from_new_request)
 
 
 def _patch_logprobs() -> None:
     """Front end: see the module docstring (z2z_vllm.vllm.detokenizer)."""
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from z2z_vllm.vllm.detokenizer import Zip2ZipLogprobsProcessor
+    from z2z_vllm.vllm.tokenizer import Zip2ZipTokenizer
+
+    original = LogprobsProcessor.from_new_request.__func__
+
+    @functools.wraps(original)
+    def from_new_request(cls, tokenizer: Any, request: Any) -> Any:
+        # Only calls on vLLM's class are redirected: Zip2ZipLogprobsProcessor builds itself
+        # through this method (super()), with cls set to itself.
+        if cls is LogprobsProcessor and isinstance(tokenizer, Zip2ZipTokenizer):
+            return Zip2ZipLogprobsProcessor.from_new_request(tokenizer, request)
+        return original(cls, tokenizer, request)
+
+    # The output processor calls it on the class (LogprobsProcessor.from_new_request).
+    LogprobsProcessor.from_new_request = classmethod(from_new_request)
