@@ -27,6 +27,17 @@ def tiny_base(arch: str = "llama", *, seed: int = 0):
             bos_token_id=SPECIAL, eos_token_id=SPECIAL, pad_token_id=SPECIAL,
         )
         return transformers.LlamaForCausalLM(config).eval()
+    if arch in ("qwen2", "qwen3"):  # the other bases the vLLM plugin wraps
+        config_class, model_class = {
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        }[arch]
+        config = config_class(
+            vocab_size=V, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+            num_hidden_layers=2, intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False,
+            bos_token_id=SPECIAL, eos_token_id=SPECIAL, pad_token_id=SPECIAL,
+        )
+        return model_class(config).eval()
     config = transformers.GPT2Config(
         vocab_size=V, n_embd=64, n_head=2, n_layer=2, n_positions=256,
         bos_token_id=SPECIAL, eos_token_id=SPECIAL, pad_token_id=SPECIAL,

@@ -28,9 +28,10 @@ def tiny_tokenizer():
     )
 
 
-def tiny_base_folder(directory: Path, *, seed: int = 0) -> Path:
-    """Saves a tiny random Llama (head_dim 32) and its tokenizer into ``directory``."""
-    tiny_base("llama", seed=seed).save_pretrained(str(directory))
+def tiny_base_folder(directory: Path, *, seed: int = 0, arch: str = "llama") -> Path:
+    """Saves a tiny random base model (head_dim 32; ``arch`` as in ``tiny_base``) and its
+    tokenizer into ``directory``."""
+    tiny_base(arch, seed=seed).save_pretrained(str(directory))
     tiny_tokenizer().save_pretrained(str(directory))
     return directory
 

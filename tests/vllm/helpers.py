@@ -36,14 +36,15 @@ def use_test_env() -> None:
     os.environ.update(VLLM_TEST_ENV)
 
 
-def export_tiny_model(directory: Path, *, seed: int = 0) -> Path:
-    """Writes a servable export of a tiny random z2z model into ``directory``; returns it."""
+def export_tiny_model(directory: Path, *, seed: int = 0, arch: str = "llama") -> Path:
+    """Writes a servable export of a tiny random z2z model over a ``arch`` base (llama, qwen2,
+    qwen3) into ``directory``; returns it."""
     import transformers
 
     from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
     from z2z_vllm.training import export_for_serving, save_checkpoint
 
-    base_dir = tiny_base_folder(directory / "base", seed=seed)
+    base_dir = tiny_base_folder(directory / "base", seed=seed, arch=arch)
     base = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir))
     model = Zip2ZipForCausalLM.from_base(
         base,
