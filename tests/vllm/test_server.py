@@ -24,6 +24,8 @@ from z2z_vllm.modeling.config import Zip2ZipConfig  # noqa: E402
 
 MAX_TOKENS = 16
 LOAD_REQUESTS = 200
+# The tiny word-level tokenizer has no chat template of its own.
+CHAT_TEMPLATE = "{% for message in messages %}<s> {{ message['content'] }} {% endfor %}"
 
 
 def _free_port() -> int:
@@ -41,7 +43,7 @@ def server(tiny_export, tmp_path_factory):
     command = [
         str(Path(sys.executable).parent / "vllm"), "serve", str(tiny_export),
         "--port", str(port), "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", "256", "--max-num-seqs", "32", "--seed", "0",
+        "--max-model-len", "256", "--max-num-seqs", "32", "--seed", "0", "--chat-template", CHAT_TEMPLATE,
     ]  # fmt: skip
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -138,3 +140,18 @@ def test_200_concurrent_completions_expand_to_their_text(server, tiny_export):
         full_text = base.decode(prompt_base + output_base, skip_special_tokens=True)
         assert full_text[len(prompt_text) :] == result["text"]
     assert any(t >= codec.initial_vocab_size for r in results for t in r["token_ids"])
+
+
+def test_chat_completions_use_the_chat_template_and_compress_it(server, tiny_export, codec):
+    content = repeated_words([4, 5, 6], 5)
+    body = {
+        "model": str(tiny_export), "max_tokens": MAX_TOKENS, "temperature": 0.0,
+        "messages": [{"role": "user", "content": content}],
+    }  # fmt: skip
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    # "<s>" then the 15 words: the prompt the model read is the compressed rendering.
+    rendered = codec.encode([0] + [4, 5, 6] * 5)
+    assert response.json()["usage"]["prompt_tokens"] == len(rendered) < 16
+    completion = complete(server, tiny_export, prompt=rendered).json()["choices"][0]["text"]
+    assert response.json()["choices"][0]["message"]["content"] == completion
