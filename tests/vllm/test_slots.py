@@ -21,8 +21,9 @@ def model():
     return model
 
 
-def make_slots(model, num_slots: int = 4) -> HyperSlots:
+def make_slots(model, num_slots: int = 4, *, use_kernels: bool = False) -> HyperSlots:
     return HyperSlots(
+        use_kernels=use_kernels,
         codec=model.codec,
         num_slots=num_slots,
         hidden_size=H,
@@ -165,3 +166,17 @@ def test_logits_rows_must_match_the_scheduled_requests(model):
     slots.begin_step([request("a", tokens, 0, len(tokens))])
     with pytest.raises(RuntimeError, match="2 logits rows for 1 scheduled requests"):
         slots.logits(torch.randn(2, H), torch.randn(2, V))
+
+
+@torch.no_grad()
+def test_the_kernel_path_gives_the_same_logits(model):
+    """The GPU path (z2z_vllm.ops.hyper_logits; its torch reference on CPU) equals the CPU path."""
+    streams = [stream(model, seed) for seed in (14, 15)] + [[1, 2]]
+    hidden, base = torch.randn(3, H), torch.randn(3, V)
+    results = []
+    for use_kernels in (False, True):
+        slots = make_slots(model, use_kernels=use_kernels)
+        slots.begin_step([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)])
+        results.append((slots.logits(hidden, base), slots.logits(hidden, base)))  # in a step, then outside
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])

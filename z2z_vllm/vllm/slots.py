@@ -70,6 +70,7 @@ class HyperSlots:
         encode_outputs: Encoder,
         device: torch.device,
         dtype: torch.dtype,
+        use_kernels: bool | None = None,
     ) -> None:
         self.codec = codec
         self.num_slots = num_slots
@@ -83,6 +84,8 @@ class HyperSlots:
         self.num_known = torch.zeros(S, dtype=torch.long, device=device)
         self.candidate_rows = torch.zeros(S, H, device=device, dtype=dtype)
         self.has_candidate = torch.zeros(S, dtype=torch.bool, device=device)
+        # None: the fused kernels where they run compiled (CUDA), torch elsewhere.
+        self.use_kernels = self.num_known.device.type == "cuda" if use_kernels is None else use_kernels
 
         self._slot_of: dict[str, int] = {}
         self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
@@ -228,16 +231,29 @@ class HyperSlots:
     def logits(self, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
         """Logits [R, V + C] of the step's logits rows (one per request, in step order): base
         logits, then ``hidden . row`` for defined entries and the KwKwK candidate, -inf
-        elsewhere. Outside a step every hyper column is -inf."""
+        elsewhere. Outside a step every hyper column is -inf.
+
+        On a GPU (or with ``use_kernels``) the hyper columns come from the fused masked-logits
+        kernel (:func:`z2z_vllm.ops.hyper_logits`); on CPU from torch over the columns in use."""
         row_slots, self._row_slots = self._row_slots, None
-        num_rows, C = hidden.shape[0], self.codebook_size
+        num_rows, V, C = hidden.shape[0], self.vocab_size, self.codebook_size
+        if row_slots is not None and len(row_slots) != num_rows:
+            raise RuntimeError(
+                f"z2z: {num_rows} logits rows for {len(row_slots)} scheduled requests "
+                "(only one sampled position per request is supported)"
+            )
+        if self.use_kernels:
+            from z2z_vllm import ops
+
+            logits = base_logits.new_empty(num_rows, V + C)
+            logits[:, :V] = base_logits[:, :V]
+            if row_slots is None:
+                row_slots = torch.full((num_rows,), -1, dtype=torch.long, device=hidden.device)
+            return ops.hyper_logits(
+                hidden, self.output_rows, row_slots, self.num_known, self.candidate_rows, self.has_candidate, logits
+            )
         hyper = base_logits.new_full((num_rows, C), float("-inf"))
         if row_slots is not None:
-            if len(row_slots) != num_rows:
-                raise RuntimeError(
-                    f"z2z: {num_rows} logits rows for {len(row_slots)} scheduled requests "
-                    "(only one sampled position per request is supported)"
-                )
             used = self._columns_used
             rows = self.output_rows[row_slots, :used].to(hidden.dtype)  # [R, used, H]
             scores = torch.nn.functional.pad(torch.einsum("rh,rch->rc", hidden, rows), (0, C - used))
@@ -249,4 +265,4 @@ class HyperSlots:
             )
             hyper = torch.where(known, scores, hyper)
             hyper = torch.where(is_candidate, candidate_logit, hyper).to(base_logits.dtype)
-        return torch.cat([base_logits[:, : self.vocab_size], hyper], dim=-1)
+        return torch.cat([base_logits[:, :V], hyper], dim=-1)
