@@ -121,14 +121,112 @@ def test_cache_hits_and_misses_on_changed_files(base_dir, texts, tmp_path):
     assert tokenizer.calls == 4
 
 
+def base_ids_of(data, codec) -> set[int]:
+    return {i for w in data.sequences for i in codec.decode(w.tolist())} - {SPECIAL}
+
+
 def test_train_and_eval_windows_come_from_their_own_split(base_dir, texts, tmp_path):
     cfg = tiny_config(base_dir, texts, tmp_path)
     tokenizer = load_text_tokenizer(base_dir)
     model = build_model(cfg, tokenizer=tokenizer)
-    train_data, eval_data = _datasets(cfg, model, tokenizer)
-    train_ids = {i for w in train_data.sequences for i in model.codec.decode(w.tolist())} - {SPECIAL}
-    eval_ids = {i for w in eval_data.sequences for i in model.codec.decode(w.tolist())} - {SPECIAL}
-    assert train_ids <= set(range(1, 7)) and eval_ids <= set(range(30, 36))
+    train_sets, eval_sets = _datasets(cfg, model, tokenizer)
+    assert set(train_sets) == set(eval_sets) == {"files"}
+    assert base_ids_of(train_sets["files"], model.codec) <= set(range(1, 7))
+    assert base_ids_of(eval_sets["files"], model.codec) <= set(range(30, 36))
+
+
+# -- domain mixtures ----------------------------------------------------------------------------
+
+# Fake corpus domains: each (domain, split) writes its own six ids, so a window shows its source.
+FAKE_IDS = {("code", "train"): 1, ("prose", "train"): 7, ("code", "heldout"): 30, ("prose", "heldout"): 36}
+
+
+@pytest.fixture
+def fake_domains(monkeypatch):
+    """``z2z_vllm.data.corpus_documents`` over the fake domains; records each call's arguments."""
+    from z2z_vllm.data.corpora import Document as CorpusDocument
+
+    calls = []
+
+    def corpus_documents(domain, *, split="train", max_bytes=None):
+        calls.append((domain, split, max_bytes))
+        offset = FAKE_IDS[(domain, split)] - 1
+        docs = [CorpusDocument(domain, f"{domain}-{split}-{n}", words([i + offset if i else i for i in
+                                                                       base_stream(120, seed=n + offset)]))
+                for n in range(3)]
+        kept, budget = [], max_bytes if max_bytes is not None else float("inf")
+        for doc in docs:  # whole documents up to the cap: enough to see the cap act
+            if budget <= 0:
+                break
+            kept.append(doc)
+            budget -= len(doc.text.encode())
+        return kept
+
+    monkeypatch.setattr("z2z_vllm.data.corpus_documents", corpus_documents)
+    return calls
+
+
+def domain_config(base_dir, output_dir, **changes) -> TrainConfig:
+    settings = dict(train_files=[], eval_files=[], domains={"code": None, "prose": 500}, eval_max_bytes=700)
+    return tiny_config(base_dir, {"train": [], "eval": []}, output_dir, **{**settings, **changes})
+
+
+def test_domains_mix_in_training_and_evaluate_apart(base_dir, tmp_path, fake_domains):
+    cfg = domain_config(base_dir, tmp_path, max_steps=2, eval_every=2)
+    tokenizer = load_text_tokenizer(base_dir)
+    model = build_model(cfg, tokenizer=tokenizer)
+    train_sets, eval_sets = _datasets(cfg, model, tokenizer)
+    assert sorted(fake_domains) == [("code", "heldout", 700), ("code", "train", None),
+                                    ("prose", "heldout", 700), ("prose", "train", 500)]
+    assert set(train_sets) == set(eval_sets) == {"code", "prose"}
+    assert base_ids_of(train_sets["code"], model.codec) <= set(range(1, 7))
+    assert base_ids_of(train_sets["prose"], model.codec) <= set(range(7, 13))
+    assert base_ids_of(eval_sets["code"], model.codec) <= set(range(30, 36))
+    assert base_ids_of(eval_sets["prose"], model.codec) <= set(range(36, 42))
+    assert train_sets["prose"].num_documents < train_sets["code"].num_documents  # the cap acted
+
+    state = train(cfg)
+    start = state.log_history[0]
+    sizes = {name: len(data) for name, data in train_sets.items()}
+    assert start["train_sequences_by_source"] == sizes and start["train_sequences"] == sum(sizes.values())
+    final = state.log_history[-1]
+    per_domain = [final["eval_clm_loss/code"], final["eval_clm_loss/prose"]]
+    assert all(math.isfinite(loss) for loss in per_domain)
+    assert final["eval_clm_loss"] == pytest.approx(sum(per_domain) / 2)
+
+
+def test_domain_cache_entries_follow_domains_and_caps(base_dir, tmp_path, fake_domains):
+    tokenizer = load_text_tokenizer(base_dir)
+    cache = tmp_path / "cache"
+
+    def cached_after(domains) -> int:
+        cfg = domain_config(base_dir, tmp_path, domains=domains, cache_dir=str(cache))
+        _datasets(cfg, build_model(cfg, tokenizer=tokenizer), tokenizer)
+        return len(list(cache.glob("windows-*.npz")))
+
+    assert cached_after({"code": None}) == 2  # train and held-out
+    assert cached_after({"code": None}) == 2  # hits
+    assert cached_after({"code": 300}) == 3  # a new cap: a new training entry
+    assert cached_after({"code": 300, "prose": None}) == 5  # a new domain: two more
+
+
+def test_domains_config_is_checked_and_old_configs_still_load(base_dir, tmp_path):
+    from z2z_vllm.training.config import TrainConfig as Config
+
+    base = {"output_dir": str(tmp_path)}
+    assert Config.from_dict({**base, "domain": "code", "train_max_bytes": 1000}).domains == {"code": 1000}
+    assert Config.from_dict({**base, "domains": {"code": None, "math": 5}}).domains == {"code": None, "math": 5}
+    with pytest.raises(ValueError, match="not both"):
+        Config.from_dict({**base, "domain": "code", "domains": {"math": None}})
+    with pytest.raises(ValueError, match="unknown domains"):
+        Config.from_dict({**base, "domains": {"poetry": None}})
+    for bad in (0, -5, "3e6", True):
+        with pytest.raises(ValueError, match="positive number of bytes"):
+            Config.from_dict({**base, "domains": {"code": bad}})
+    with pytest.raises(ValueError, match="map domain names"):
+        Config.from_dict({**base, "domains": ["code", "prose"]})
+    with pytest.raises(ValueError, match="no training data"):
+        Config.from_dict(base)
 
 
 # -- training -----------------------------------------------------------------------------------

@@ -28,12 +28,14 @@ class TrainConfig:
     # Base model: a name of ``z2z_vllm.data.models`` (e.g. "smollm2-135m") or an HF folder.
     base_model: str = "smollm2-135m"
     tokenizer: str | None = None  # a tokenizer name or folder; None: the base model's folder
-    # Data: local UTF-8 files (one document each) and/or a corpus domain of z2z_vllm.data.
+    # Data: local UTF-8 files (one document each) and/or corpus domains of z2z_vllm.data.
     train_files: list[str] = field(default_factory=list)
     eval_files: list[str] = field(default_factory=list)
-    domain: str | None = None  # its "train" split trains, its "heldout" split evaluates
-    train_max_bytes: int | None = None  # cap on the domain's training text
-    eval_max_bytes: int | None = 200_000  # cap on the domain's held-out text
+    # Domain -> cap on its training text in UTF-8 bytes (None: all of it), e.g. {code: 3000000}.
+    # The "train" splits are mixed (windows shuffled together, so each domain weighs as its capped
+    # size); each "heldout" split is evaluated on its own.
+    domains: dict[str, int | None] = field(default_factory=dict)
+    eval_max_bytes: int | None = 200_000  # cap on each domain's held-out text
     cache_dir: str | None = None  # compressed-data cache; None: <output_dir>/data_cache
     seq_len: int = 256  # compressed tokens per training sequence, the start token included
     # Codec and hyper-encoders.
@@ -64,7 +66,7 @@ class TrainConfig:
     # Bookkeeping.
     log_every: int = 5
     eval_every: int = 50
-    eval_max_sequences: int = 16  # periodic eval on the first sequences of the eval set
+    eval_max_sequences: int = 16  # periodic eval: windows per held-out source, evenly spaced
     save_every: int = 50
     save_total_limit: int = 2  # checkpoints kept (oldest removed first)
     progress: bool = True  # tqdm bar
@@ -75,19 +77,39 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.train_files or self.domain):
-            raise ValueError("no training data: set train_files or domain")
+        self._check_domains()
+        if not (self.train_files or self.domains):
+            raise ValueError("no training data: set train_files or domains")
+
+    def _check_domains(self) -> None:
+        from z2z_vllm.data.corpora import DOMAINS
+
+        if not isinstance(self.domains, dict):
+            raise ValueError(
+                f"domains must map domain names to byte caps (e.g. {{code: 3000000}}), got {self.domains!r}"
+            )
+        unknown = sorted(set(self.domains) - set(DOMAINS))
+        if unknown:
+            raise ValueError(f"unknown domains {unknown}; known: {', '.join(DOMAINS)}")
+        for name, cap in self.domains.items():
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"domains[{name!r}] must be a positive number of bytes or null, got {cap!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        values = dict(data)
+        # Configs written before `domains` (older checkpoints) name one `domain` and its cap.
+        if {"domain", "train_max_bytes"} & set(values):
+            if "domains" in values:
+                raise ValueError("give `domains`, or the older `domain` and `train_max_bytes`, not both")
+            domain, cap = values.pop("domain", None), values.pop("train_max_bytes", None)
+            values["domains"] = {} if domain is None else {domain: cap}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown train config keys: {unknown}")
-        values = dict(data)
         for f in fields(cls):
             # YAML 1.1 reads "1e-4" as a string (it wants "1.0e-4"): float settings accept both.
             if f.type == "float" and isinstance(values.get(f.name), str | int):

@@ -143,6 +143,16 @@ class CompressedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> np.ndarray:
         return self.sequences[index]
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[CompressedDataset]) -> CompressedDataset:
+        """The windows of ``parts`` one after another (e.g. several domains to shuffle together)."""
+        return cls(
+            [window for part in parts for window in part.sequences],
+            [count for part in parts for count in part.base_tokens],
+            num_bytes=sum(part.num_bytes for part in parts),
+            num_documents=sum(part.num_documents for part in parts),
+        )
+
     @property
     def num_tokens(self) -> int:
         return sum(len(s) for s in self.sequences)

@@ -155,17 +155,29 @@ def load_trained_model(directory: str | Path, *, base_model: str | None = None) 
 # -- data ---------------------------------------------------------------------------------------
 
 
-def _datasets(cfg: TrainConfig, model: Zip2ZipForCausalLM, tokenizer) -> tuple[CompressedDataset, CompressedDataset | None]:
+def _datasets(
+    cfg: TrainConfig, model: Zip2ZipForCausalLM, tokenizer
+) -> tuple[dict[str, CompressedDataset], dict[str, CompressedDataset]]:
+    """Training and evaluation windows by source: "files" (``train_files`` / ``eval_files``) and
+    each domain of ``cfg.domains`` (its "train" split capped by the domain's cap, its "heldout"
+    split by ``eval_max_bytes``). Each source has its own cache entry."""
     cache_dir = cfg.cache_dir or str(Path(cfg.output_dir) / "data_cache")
     options = {"tokenizer": tokenizer, "codec": model.codec, "length": cfg.seq_len,
                "start_id": _start_id(model), "cache_dir": cache_dir}
-    train_docs = load_documents(files=cfg.train_files, domain=cfg.domain, split="train", max_bytes=cfg.train_max_bytes)
-    train_data = build_dataset(train_docs, **options)
-    if not len(train_data):
+    train_sources: dict[str, list] = {}
+    eval_sources: dict[str, list] = {}
+    if cfg.train_files:
+        train_sources["files"] = load_documents(files=cfg.train_files)
+    if cfg.eval_files:
+        eval_sources["files"] = load_documents(files=cfg.eval_files)
+    for domain, cap in cfg.domains.items():
+        train_sources[domain] = load_documents(domain=domain, split="train", max_bytes=cap)
+        eval_sources[domain] = load_documents(domain=domain, split="heldout", max_bytes=cfg.eval_max_bytes)
+    train_sets = {name: build_dataset(docs, **options) for name, docs in train_sources.items() if docs}
+    if not sum(len(data) for data in train_sets.values()):
         raise ValueError("the training data holds no sequences")
-    eval_docs = load_documents(files=cfg.eval_files, domain=cfg.domain, split="heldout", max_bytes=cfg.eval_max_bytes)
-    eval_data = build_dataset(eval_docs, **options) if eval_docs else None
-    return train_data, eval_data
+    eval_sets = {name: build_dataset(docs, **options) for name, docs in eval_sources.items() if docs}
+    return train_sets, {name: data for name, data in eval_sets.items() if len(data)}
 
 
 def _batch_indices(micro_step: int, *, num_sequences: int, batch_size: int, seed: int) -> list[int]:
@@ -232,14 +244,16 @@ def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> TrainStat
 def evaluate_loss(model, dataset: CompressedDataset, *, collator: Collator, batch_size: int,
                   max_sequences: int | None = None, bf16: bool = False) -> dict[str, float]:
     """Target-weighted mean CLM loss (nats per compressed id) and mean reconstruction loss over
-    the first ``max_sequences`` windows of ``dataset``."""
+    ``max_sequences`` windows of ``dataset`` spread evenly over it (all windows when None)."""
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
     count = len(dataset) if max_sequences is None else min(len(dataset), max_sequences)
+    # Evenly spaced windows sample the whole held-out text, not only its first documents.
+    indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist() if count else []
     clm_sum, targets, reconstruction = 0.0, 0, []
     for start in range(0, count, batch_size):
-        windows = [dataset[i] for i in range(start, min(count, start + batch_size))]
+        windows = [dataset[i] for i in indices[start : start + batch_size]]
         batch = batch_to(collator(windows), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(**batch)
@@ -252,6 +266,24 @@ def evaluate_loss(model, dataset: CompressedDataset, *, collator: Collator, batc
     result = {"eval_clm_loss": clm_sum / max(targets, 1)}
     if reconstruction:
         result["eval_reconstruction_loss"] = sum(reconstruction) / len(reconstruction)
+    return result
+
+
+def _evaluate_sources(model, eval_sets: dict[str, CompressedDataset], *, collator: Collator,
+                      cfg: TrainConfig) -> dict[str, float]:
+    """``eval_clm_loss/<source>`` per held-out source, and ``eval_clm_loss`` /
+    ``eval_reconstruction_loss`` as plain means over the sources (each source weighs the same)."""
+    per_source = {
+        name: evaluate_loss(model, data, collator=collator, batch_size=cfg.batch_size,
+                            max_sequences=cfg.eval_max_sequences, bf16=cfg.bf16)
+        for name, data in eval_sets.items()
+    }
+    result = {}
+    for key in ("eval_clm_loss", "eval_reconstruction_loss"):
+        values = [metrics[key] for metrics in per_source.values() if key in metrics]
+        if values:
+            result[key] = sum(values) / len(values)
+    result.update({f"eval_clm_loss/{name}": metrics["eval_clm_loss"] for name, metrics in per_source.items()})
     return result
 
 
@@ -290,7 +322,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     model = build_model(cfg, tokenizer=tokenizer)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
-    train_data, eval_data = _datasets(cfg, model, tokenizer)
+    train_sets, eval_sets = _datasets(cfg, model, tokenizer)
+    train_data = CompressedDataset.concatenate(list(train_sets.values()))  # shuffled together below
     collator = Collator(codec=model.codec)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -310,7 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     header = {
         "event": "start", "step": state.step, "train_sequences": len(train_data),
         "train_compressed_tokens": train_data.num_tokens, "train_base_tokens": sum(train_data.base_tokens),
-        "eval_sequences": len(eval_data) if eval_data else 0,
+        "train_sequences_by_source": {name: len(data) for name, data in train_sets.items()},
+        "eval_sequences_by_source": {name: len(data) for name, data in eval_sets.items()},
         "trainable_params": sum(p.numel() for p in trainable),
         "resumed_from": checkpoint.name if checkpoint else None,
     }
@@ -346,9 +380,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
                   "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
                   "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)},
                  cfg=cfg, state=state, bar=bar)
-        if eval_data is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
-            metrics = evaluate_loss(model, eval_data, collator=collator, batch_size=cfg.batch_size,
-                                    max_sequences=cfg.eval_max_sequences, bf16=cfg.bf16)
+        if eval_sets and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
+            metrics = _evaluate_sources(model, eval_sets, collator=collator, cfg=cfg)
             _log({"step": state.step, **metrics}, cfg=cfg, state=state, bar=bar)
         if state.step % cfg.save_every == 0 or state.step in (cfg.max_steps, last_stop):
             _save_checkpoint(model, optimizer, scheduler, state, cfg)
