@@ -8,7 +8,7 @@ import torch
 
 from tests.modeling.helpers import C, M, V, base_stream, tiny_model
 from tests.training.checkpoint_helpers import randomize_
-from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, RowCache, ScheduledRequest
 
 H = 64
 
@@ -180,3 +180,27 @@ def test_the_kernel_path_gives_the_same_logits(model):
         results.append((slots.logits(hidden, base), slots.logits(hidden, base)))  # in a step, then outside
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def test_row_cache_encodes_each_entry_once_and_survives_eviction():
+    calls = []
+
+    def encode(ids: torch.Tensor) -> torch.Tensor:  # row = (sum of ids, number of ids)
+        calls.append(len(ids))
+        return torch.stack([ids.clamp(min=0).sum(1), (ids >= 0).sum(1)], dim=1).float()
+
+    def expected(entries):
+        return torch.tensor([[float(sum(e)), float(len(e))] for e in entries])
+
+    cache = RowCache(encode, capacity=3, hidden_size=2, device="cpu", dtype=torch.float32)
+    first = [(1, 2), (3,), (1, 2)]
+    torch.testing.assert_close(cache(first), expected(first))
+    assert calls == [2]  # duplicates encoded once
+    torch.testing.assert_close(cache([(3,), (1, 2)]), expected([(3,), (1, 2)]))
+    assert calls == [2]  # all cached
+    # More new entries than the ring holds, mixed with cached ones that get overwritten.
+    batch = [(1, 2), (4, 5), (6,), (7, 8), (3,), (9,)]
+    torch.testing.assert_close(cache(batch), expected(batch))
+    assert calls == [2, 4]
+    torch.testing.assert_close(cache([(9,), (7, 8), (6,)]), expected([(9,), (7, 8), (6,)]))
+    assert calls == [2, 4]

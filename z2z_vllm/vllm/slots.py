@@ -12,7 +12,8 @@ position 0 when it is scheduled again. Each slot holds:
 
 Per step, :meth:`HyperSlots.begin_step` advances each request's decoder over the request's own
 token list up to the end of its scheduled range (not over the ids the model sees, which skip
-prefix-cached tokens), encodes what changed in one batched call per encoder, and records which
+prefix-cached tokens), encodes what changed in one batched call per encoder (rows are cached by
+entry content across requests: :class:`RowCache`), and records which
 slot each scheduled token and each logits row belongs to. A request whose decoder has read
 past the start of its scheduled range (preemption with recompute, discarded tokens) is replayed
 from position 0: the codebook is a function of the token prefix, so replaying is always right.
@@ -57,6 +58,50 @@ def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor
     return torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
+class RowCache:
+    """Encoder rows by entry content, shared by every request: a row depends only on the entry's
+    base ids, and common entries (and KwKwK candidates) recur across requests and steps, so most
+    steps encode little. A ring of ``capacity`` rows; the oldest insert is overwritten first."""
+
+    def __init__(self, encode: Encoder, *, capacity: int, hidden_size: int, device, dtype: torch.dtype) -> None:
+        self.encode = encode
+        self.rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
+        self._index: dict[tuple[int, ...], int] = {}
+        self._keys: list[tuple[int, ...] | None] = [None] * capacity
+        self._next = 0
+
+    def __call__(self, entries: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        """Rows [N, H] of ``entries`` (tuples of base ids), encoding the ones not cached."""
+        device = self.rows.device
+        out = self.rows.new_empty(len(entries), self.rows.shape[1])
+        hits = [(i, self._index[e]) for i, e in enumerate(entries) if e in self._index]
+        if hits:  # read before inserting: an insert may overwrite a row read here
+            where, index = (torch.tensor(column, device=device) for column in zip(*hits))
+            out[where] = self.rows[index]
+        missing = list(dict.fromkeys(e for e in entries if e not in self._index))
+        if missing:
+            encoded = self.encode(_padded(missing, device)).to(self.rows.dtype)
+            position = {key: row for row, key in enumerate(missing)}
+            misses = [(i, position[e]) for i, e in enumerate(entries) if e in position]
+            where, index = (torch.tensor(column, device=device) for column in zip(*misses))
+            out[where] = encoded[index]
+            self._insert(missing[-len(self._keys) :], encoded[-len(self._keys) :])
+        return out
+
+    def _insert(self, keys: list[tuple[int, ...]], rows: torch.Tensor) -> None:
+        positions = []
+        for key in keys:
+            position = self._next
+            self._next = (self._next + 1) % len(self._keys)
+            evicted = self._keys[position]
+            if evicted is not None:
+                del self._index[evicted]
+            self._keys[position] = key
+            self._index[key] = position
+            positions.append(position)
+        self.rows[torch.tensor(positions, device=self.rows.device)] = rows
+
+
 class HyperSlots:
     """Codebooks of up to ``num_slots`` running requests (module docstring)."""
 
@@ -71,14 +116,15 @@ class HyperSlots:
         device: torch.device,
         dtype: torch.dtype,
         use_kernels: bool | None = None,
+        cache_rows: int = 16384,
     ) -> None:
         self.codec = codec
         self.num_slots = num_slots
         self.vocab_size = codec.initial_vocab_size
         self.codebook_size = codec.max_codebook_size
-        self.encode_inputs = encode_inputs
-        self.encode_outputs = encode_outputs
         S, C, H = num_slots, self.codebook_size, hidden_size
+        self.input_cache = RowCache(encode_inputs, capacity=cache_rows, hidden_size=H, device=device, dtype=dtype)
+        self.output_cache = RowCache(encode_outputs, capacity=cache_rows, hidden_size=H, device=device, dtype=dtype)
         self.output_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
         self.input_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
         self.num_known = torch.zeros(S, dtype=torch.long, device=device)
@@ -92,7 +138,7 @@ class HyperSlots:
         self._step = 0
         self._last_step = np.zeros(S, dtype=np.int64)  # the step each slot was last scheduled in
         self._decoders = [codec.decoder() for _ in range(S)]
-        self._entries: list[list[list[int]]] = [[] for _ in range(S)]  # base ids per entry
+        self._entries: list[list[tuple[int, ...]]] = [[] for _ in range(S)]  # base ids per entry
         self._input_ready = np.zeros((S, C), dtype=bool)
         # Host copies of num_known / has_candidate, written to the device once per step.
         self._num_known_host = np.zeros(S, dtype=np.int64)
@@ -163,11 +209,11 @@ class HyperSlots:
             entries = self._entries[slot]
             for hyper_id, subtokens in decoder.feed(request.tokens(decoder.position, request.end)):
                 new_keys.append((slot, hyper_id - V))
-                entries.append(list(subtokens))
+                entries.append(tuple(subtokens))
             candidate = decoder.candidate
             self._has_candidate_host[slot] = candidate is not None
             if candidate is not None:
-                candidates.append((slot, list(candidate[1])))
+                candidates.append((slot, tuple(candidate[1])))
             self._num_known_host[slot] = len(entries)
             reads.extend(
                 (slot, token - V) for token in request.tokens(request.begin, request.end) if token >= V
@@ -187,12 +233,12 @@ class HyperSlots:
         )
 
     def _encode_outputs(
-        self, keys: list[tuple[int, int]], candidates: list[tuple[int, list[int]]], device: torch.device
+        self, keys: list[tuple[int, int]], candidates: list[tuple[int, tuple[int, ...]]], device: torch.device
     ) -> None:
         if not keys and not candidates:
             return
         subtokens = [self._entries[slot][entry] for slot, entry in keys] + [ids for _, ids in candidates]
-        rows = self.encode_outputs(_padded(subtokens, device)).to(self.output_rows.dtype)
+        rows = self.output_cache(subtokens)
         if keys:
             slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*keys))
             self.output_rows[slot_index, entry_index] = rows[: len(keys)]
@@ -204,9 +250,9 @@ class HyperSlots:
         due = sorted({key for key in reads if not self._input_ready[key]})
         if not due:
             return
-        rows = self.encode_inputs(_padded([self._entries[slot][entry] for slot, entry in due], device))
+        rows = self.input_cache([self._entries[slot][entry] for slot, entry in due])
         slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*due))
-        self.input_rows[slot_index, entry_index] = rows.to(self.input_rows.dtype)
+        self.input_rows[slot_index, entry_index] = rows
         for key in due:
             self._input_ready[key] = True
 
