@@ -1,6 +1,18 @@
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
+
+# Without a GPU, Triton kernels run through Triton's interpreter (tests/ops). The setting is read
+# when a kernel is decorated, and vLLM imports triton too, so it is set here, before any test
+# module imports either; vLLM's CPU engine is unaffected by it.
+if importlib.util.find_spec("torch") is not None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
