@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from tests.modeling.helpers import SPECIAL, V, base_stream
 from tests.training.checkpoint_helpers import tiny_base_folder

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.modeling.helpers import C, M, V
+from tests.modeling.helpers import C, M
 from tests.training.checkpoint_helpers import randomize_, tiny_base_folder
 
 # Fast, stable engines for tests (ENVIRONMENT.md): in-process engine core, eager, small cache.
