@@ -17,7 +17,6 @@ processes hits both alike. Run it on a quiet machine: the 2-thread rows need two
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -34,6 +33,8 @@ import numpy as np
 import zip2zip_compression as anchor
 
 from z2z_vllm.codec import LZWCodec
+
+from machine import cpu_model, load_average, package_version
 
 BATCH_SIZE = 32
 TOKENIZER = "smollm2"
@@ -335,40 +336,21 @@ def measure_condition(
 # Report
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
-
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: above the core count, the figures are not to be trusted."""
-    return [round(load, 2) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def describe_conditions(stream: TokenStream, settings: Settings) -> dict:
     return {
         "machine": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cores_total": os.cpu_count(),
-        "load_average_at_start": _load_average(),
+        "load_average_at_start": load_average(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "tokenizers": _version("tokenizers"),
-        "z2z-vllm": _version("z2z-vllm"),
-        "zip2zip-compression (anchor)": _version("zip2zip-compression"),
+        "tokenizers": package_version("tokenizers"),
+        "z2z-vllm": package_version("z2z-vllm"),
+        "zip2zip-compression (anchor)": package_version("zip2zip-compression"),
         **stream.source,
         "vocab_size": stream.vocab_size,
         "disabled_ids": len(stream.special_ids),
@@ -456,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             condition_rows, ratio = measure_condition(stream, length, codebook_size, max_subtokens, settings)
             rows += condition_rows
             ratios[f"L={length} C={codebook_size} M={max_subtokens}"] = ratio
-    conditions["load_average_at_end"] = _load_average()
+    conditions["load_average_at_end"] = load_average()
     conditions["seconds"] = round(time.perf_counter() - started, 1)
     print(f"load average at end: {conditions['load_average_at_end']}, {conditions['seconds']} s")
     print("compressed/base of the batches: " + ", ".join(f"{key}: {ratio:.3f}" for key, ratio in ratios.items()))

