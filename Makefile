@@ -6,8 +6,8 @@ TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Until the bundled uptrained model lands: SmolLM2-135M with untrained hyper-encoders.
-DEMO_MODEL ?= models/z2z-smollm2-135m-init
+# The bundled model: SmolLM2-135M-Instruct + the z2z weights shipped in z2z_vllm/weights/.
+DEMO_MODEL := models/z2z-smollm2-135m
 
 .PHONY: setup demo test bench fuzz clean
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_source
 	touch $@
 
 demo: setup
-	test -f $(DEMO_MODEL)/config.json || $(BIN)/z2z init smollm2-135m $(DEMO_MODEL)
+	$(BIN)/z2z build-model --out-dir $(dir $(DEMO_MODEL))
 	VLLM=$(BIN)/vllm bash scripts/serve_demo.sh $(DEMO_MODEL)
 
 test: setup

@@ -1,8 +1,16 @@
-"""Serving throughput in vLLM: a zip2zip export against its plain base model, in bytes of text.
+"""Serving throughput in vLLM: a zip2zip model against its plain base model, in bytes of text.
 
-The same prompts (held-out text from ``z2z_vllm.data``, cut to ``--prompt-chars`` characters) go
-to both models as text, so each tokenizes them its own way: the z2z tokenizer compresses. Two
-modes, each comparing the models side by side in one run:
+The same prompts (held-out text from ``z2z_vllm.data``) go to both models as text, so each
+tokenizes them its own way: the z2z tokenizer compresses. Three workloads by default, one per
+corpus domain:
+
+- code: Python source, prompts of 1024 characters;
+- prose: English text, prompts of 1024 characters;
+- structured: botocore's JSON service descriptions, the context-heavy case: prompts of 2048
+  characters, whose continuation repeats the keys and shapes of the prompt, which is where LZW
+  compresses most. (``--prompt-chars`` sets one length for every domain.)
+
+Two modes, each comparing the models side by side in one run:
 
 - offline: one ``vllm.LLM`` per model, both in this process, ``LLM.generate`` over batches of
   ``--batch-sizes`` prompts; plain and z2z runs alternate (their order flips every repeat);
@@ -10,13 +18,15 @@ modes, each comparing the models side by side in one run:
   at once; ``--concurrency`` clients each stream ``--requests-per-client`` completions one after
   another; plain and z2z load runs alternate.
 
-    python benchmarks/serve_bench.py                     # SmolLM2-135M vs models/z2z-smollm2-code-short (~10 min)
-    python benchmarks/serve_bench.py --quick             # small knobs, about 2 minutes
+    python benchmarks/serve_bench.py                     # SmolLM2-135M vs models/z2z-smollm2-135m
+    python benchmarks/serve_bench.py --quick             # small knobs, a few minutes
     python benchmarks/serve_bench.py --modes offline --batch-sizes 8 --json out.json
 
-Make the z2z folder with ``z2z export runs/smollm2_code_short/checkpoint-200
-models/z2z-smollm2-code-short``. Generation is greedy with ``ignore_eos``, so every request runs
-its full ``--max-tokens``; for z2z those are compressed tokens, which carry more text each. Hence
+``z2z build-model`` writes models/z2z-smollm2-135m (the default ``--z2z``) and models/smollm2-135m,
+its plain base (``--plain`` may name it; by default the plain model is
+``z2z_vllm.data.models.base_model_dir("smollm2-135m")``); ``--z2z`` takes any folder written by
+``z2z export``. Generation is greedy with ``ignore_eos``, so every request runs its full
+``--max-tokens``; for z2z those are compressed tokens, which carry more text each. Hence
 throughput is compared in UTF-8 bytes of text per second, never in tokens:
 
 - prompt B/s and gen B/s: prompt bytes sent and text bytes generated over a run's wall time (the
@@ -31,7 +41,15 @@ throughput is compared in UTF-8 bytes of text per second, never in tokens:
 
 Every figure is the median over ``--repeats`` runs of the per-run value (means over a run's
 requests); the z2z/plain ratios divide rows of this same run. Prefix caching is off, so every run
-prefills its prompts. The speed-up from compression is bounded by 1 / (compressed / base length).
+prefills its prompts.
+
+Under each z2z/plain line, a bound line gives what compression alone allows, 1 / (compressed
+length / base length), for the ratios it applies to (``BOUND_FIELDS``): for prefill (prompt B/s,
+higher is better) plain / z2z prompt tokens of the same prompts, and for decode (gen B/s) the z2z
+row's base tokens per emitted token on the same outputs; for times (TTFT, ms/out B, lower is
+better) the reciprocals. A ratio near its bound means z2z's per-step overhead is small. The two
+models generate different text, so a decode ratio can pass its bound where z2z's text has more
+bytes per base token (out B/req shows it).
 """
 
 from __future__ import annotations
@@ -56,26 +74,32 @@ from machine import cpu_model, load_average, package_version
 
 MODELS = ("plain", "z2z")
 PLAIN_MODEL = "smollm2-135m"
-Z2Z_MODEL = Path("models/z2z-smollm2-code-short")
+Z2Z_MODEL = Path("models/z2z-smollm2-135m")
 
 
 @dataclass(frozen=True)
 class Knobs:
     domains: tuple[str, ...]
-    prompt_chars: int
+    prompt_chars: int  # characters per prompt
+    context_chars: dict[str, int]  # context-heavy domains: longer prompts, in place of prompt_chars
     batch_sizes: tuple[int, ...]
     concurrency: tuple[int, ...]
     requests_per_client: int
     max_tokens: int
     repeats: int
 
+    def chars(self, domain: str) -> int:
+        return self.context_chars.get(domain, self.prompt_chars)
+
 
 FULL = Knobs(
-    domains=("code", "prose"), prompt_chars=1024, batch_sizes=(1, 8, 32), concurrency=(1, 8),
+    domains=("code", "prose", "structured"), prompt_chars=1024, context_chars={"structured": 2048},
+    batch_sizes=(1, 8, 32), concurrency=(1, 8),
     requests_per_client=2, max_tokens=64, repeats=3,
 )  # fmt: skip
 QUICK = Knobs(
-    domains=("code",), prompt_chars=256, batch_sizes=(1, 4), concurrency=(2,),
+    domains=("code", "structured"), prompt_chars=256, context_chars={"structured": 512},
+    batch_sizes=(1, 4), concurrency=(2,),
     requests_per_client=1, max_tokens=8, repeats=1,
 )  # fmt: skip
 
@@ -126,6 +150,16 @@ RATIO_FIELDS = (
     "prompt_tokens", "output_bytes", "requests_per_s", "prompt_bytes_per_s", "generated_bytes_per_s",
     "ttft_ms", "tpot_ms", "ms_per_output_byte",
 )  # fmt: skip
+# The bound of a ratio: what it would be if a z2z token took as long as a plain one, so that only
+# compression counts. Ratio field -> (Row field whose z2z/plain ratio gives it, exponent): prefill
+# scales with prompt tokens (z2z/plain < 1), decode with base tokens per emitted token (z2z/plain
+# >= 1, the plain row's being 1). Rates (higher is better) and times (lower) take opposite powers.
+BOUND_FIELDS: dict[str, tuple[str, int]] = {
+    "prompt_bytes_per_s": ("prompt_tokens", -1),
+    "ttft_ms": ("prompt_tokens", 1),
+    "generated_bytes_per_s": ("base_tokens_per_emitted", 1),
+    "ms_per_output_byte": ("base_tokens_per_emitted", -1),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +229,8 @@ def summarize(mode: str, domain: str, parallel: int, model: str, runs: list[Run]
 
 
 def ratios(rows: list[Row]) -> list[dict]:
-    """z2z / plain of ``RATIO_FIELDS`` for every condition that has both rows."""
+    """z2z / plain of ``RATIO_FIELDS``, and ``bound_<field>`` of ``BOUND_FIELDS``, for every
+    condition that has both rows."""
     by_key = {(row.mode, row.domain, row.parallel, row.model): row for row in rows}
     out = []
     for mode, domain, parallel, model in by_key:
@@ -205,6 +240,10 @@ def ratios(rows: list[Row]) -> list[dict]:
         out.append({
             "mode": mode, "domain": domain, "parallel": parallel,
             **{name: getattr(z2z, name) / getattr(plain, name) for name in RATIO_FIELDS},
+            **{
+                f"bound_{name}": (getattr(z2z, field) / getattr(plain, field)) ** power
+                for name, (field, power) in BOUND_FIELDS.items()
+            },
         })  # fmt: skip
     return out
 
@@ -445,18 +484,21 @@ def _progress(rows: list[Row]) -> None:
 
 def format_table(mode: str, rows: list[Row], ratio_rows: list[dict]) -> str:
     parallel = "batch" if mode == "offline" else "clients"
-    header = f"{'domain':<8} {parallel:>7} {'model':<9}" + "".join(f" {title:>12}" for title, _, _ in COLUMNS)
+    width = max(len("domain"), *(len(row.domain) for row in rows))  # "structured", or a --prompts label
+    header = f"{'domain':<{width}} {parallel:>7} {'model':<9}" + "".join(f" {title:>12}" for title, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for row in rows:
         if row.mode != mode:
             continue
         cells = "".join(f" {format(getattr(row, key), fmt):>12}" for _, key, fmt in COLUMNS)
-        lines.append(f"{row.domain:<8} {row.parallel:>7} {row.model:<9}{cells}")
+        lines.append(f"{row.domain:<{width}} {row.parallel:>7} {row.model:<9}{cells}")
         if row.model == MODELS[-1]:
             key = (mode, row.domain, row.parallel)
             ratio = next(r for r in ratio_rows if (r["mode"], r["domain"], r["parallel"]) == key)
-            cells = "".join(f" {format(ratio[key], '.3f') if key in ratio else '':>12}" for _, key, _ in COLUMNS)
-            lines.append(f"{'':<8} {'':>7} {'z2z/plain':<9}{cells}")
+            for label, prefix in (("z2z/plain", ""), ("bound", "bound_")):
+                values = [ratio.get(prefix + field) for _, field, _ in COLUMNS]
+                cells = "".join(f" {'' if value is None else format(value, '.3f'):>12}" for value in values)
+                lines.append(f"{'':<{width}} {'':>7} {label:<9}{cells}")
     return "\n".join(lines)
 
 
@@ -479,7 +521,7 @@ def describe_conditions(args, knobs: Knobs, model_dirs: dict[str, Path], prompts
         "servers": "both OpenAI servers up at once, load runs alternating",
         "prompts": str(args.prompts) if args.prompts else "z2z_vllm.data held-out documents, first prompt_chars chars",
         "domains": list(knobs.domains),
-        "prompt_chars": knobs.prompt_chars if not args.prompts else None,
+        "prompt_chars": None if args.prompts else {domain: knobs.chars(domain) for domain in knobs.domains},
         "distinct_prompts": {label: len(set(texts)) for label, texts in prompts.items()},
         "prompt_bytes_mean": {label: statistics.mean(len(t.encode()) for t in ts) for label, ts in prompts.items()},
         "batch_sizes": list(knobs.batch_sizes),
@@ -516,14 +558,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plain", type=Path, help=f"plain HF model folder (default: {PLAIN_MODEL}, built offline)")
     parser.add_argument("--z2z", type=Path, default=Z2Z_MODEL, help=f"z2z export folder (default {Z2Z_MODEL})")
-    parser.add_argument("--quick", action="store_true", help="small knobs: a smoke run of about 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="small knobs: a smoke run of a few minutes")
     parser.add_argument("--modes", nargs="+", choices=("offline", "server"), default=["offline", "server"])
     parser.add_argument("--domains", nargs="+", help=f"z2z_vllm.data domains (default {' '.join(FULL.domains)})")
     parser.add_argument(
         "--prompts", type=Path, metavar="JSON",
         help="prompt texts instead of the corpora: a JSON object {label: [text, ...]} (labels replace domains)",
     )  # fmt: skip
-    parser.add_argument("--prompt-chars", type=int, help=f"characters per prompt (default {FULL.prompt_chars})")
+    parser.add_argument(
+        "--prompt-chars", type=int,
+        help=f"characters per prompt, one length for every domain (default {FULL.prompt_chars}, structured "
+        f"{FULL.chars('structured')})",
+    )  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", help=f"offline batches (default {FULL.batch_sizes})")
     parser.add_argument("--concurrency", type=int, nargs="+", help=f"server clients (default {FULL.concurrency})")
     parser.add_argument(
@@ -539,7 +585,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
         help="OMP threads per engine (default 1: steadiest on a shared machine; threads spin-wait on busy cores)",
     )  # fmt: skip
     parser.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE per engine")
-    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument(
+        "--max-model-len", type=int, default=2048,
+        help="default 2048: a 2048-char JSON prompt is ~620 plain SmolLM2 tokens (3.3+ chars each), plus the output",
+    )  # fmt: skip
     parser.add_argument("--max-num-seqs", type=int, help="default: the largest batch size or concurrency")
     parser.add_argument("--server-timeout", type=float, default=600, help="seconds to wait for a server to start")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write conditions, rows and ratios here")
@@ -548,6 +597,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
     knobs = Knobs(
         domains=tuple(args.domains or base.domains),
         prompt_chars=args.prompt_chars or base.prompt_chars,
+        context_chars={} if args.prompt_chars else base.context_chars,
         batch_sizes=tuple(args.batch_sizes or base.batch_sizes),
         concurrency=tuple(args.concurrency or base.concurrency),
         requests_per_client=args.requests_per_client or base.requests_per_client,
@@ -568,7 +618,7 @@ def load_prompts(args, knobs: Knobs) -> tuple[Knobs, dict[str, list[str]]]:
         given = json.loads(args.prompts.read_text())
         prompts = {label: [texts[i % len(texts)] for i in range(count)] for label, texts in given.items()}
         return replace(knobs, domains=tuple(prompts)), prompts
-    return knobs, {domain: corpus_prompts(domain, count=count, chars=knobs.prompt_chars) for domain in knobs.domains}
+    return knobs, {domain: corpus_prompts(domain, count=count, chars=knobs.chars(domain)) for domain in knobs.domains}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {conditions['load_average_at_end']}, {conditions['seconds']} s")
 
     print(f"\nmedians of {knobs.repeats} runs; text bytes are UTF-8; tokens are each model's own (z2z: compressed)")
-    print("speed-up bound from compression: 1 / (z2z/plain prompt tok) for prefill, base/emitted for decode")
+    print(
+        "bound: the z2z/plain ratio from compression alone, 1 / (compressed / base length): plain/z2z prompt tok for"
+        "\nprompt B/s, z2z base/emitted for gen B/s; reciprocals for TTFT and ms/out B (times: lower is better)"
+    )
     titles = {
         "offline": "offline LLM.generate, one batch per run",
         "server": f"OpenAI server, streamed completions, {knobs.requests_per_client} per client in turn",

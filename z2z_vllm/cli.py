@@ -7,6 +7,8 @@
     z2z import-reference their_ckpt/ ours/ --base base_model_dir/   # authors' checkpoint -> ours
     z2z export ours/ servable/                      # LoRA merged; then: vllm serve servable/
     z2z init smollm2-135m servable/                 # untrained hyper-encoders, servable as is
+    z2z build-model                                 # models/z2z-smollm2-135m from the shipped weights
+    z2z pack runs/x/checkpoint-600 z2z_vllm/weights/z2z-smollm2-135m   # checkpoint -> shipped weights
 
 Adding a verb: write the verb as a function ``verb(args) -> exit code``, and a
 ``_add_<verb>_parser(subparsers)`` that declares its arguments and sets ``handler=verb``; list the
@@ -359,6 +361,51 @@ def _add_init_parser(subparsers) -> None:
     parser.set_defaults(handler=init)
 
 
+def build_model(args: argparse.Namespace) -> int:
+    """Write the plain base folder and the servable z2z model built from the weights this package
+    ships (LoRA merged into the base, hyper-encoders); folders already up to date are kept."""
+    from z2z_vllm.weights import build_model as build
+
+    built = _checkpoint_errors(lambda: build(args.out_dir, weights=args.weights, dtype=args.dtype))
+    state = "built" if built.rebuilt else "up to date"
+    print(f"{state}: {built.plain} (plain base), {built.z2z} (serve with: vllm serve {built.z2z})")
+    return 0
+
+
+def _add_build_model_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-model", help="build the bundled z2z model (and its plain base) for vLLM", description=build_model.__doc__
+    )
+    parser.add_argument("--out-dir", default="models", metavar="DIR", help="where the two folders go (default models)")
+    parser.add_argument(
+        "--weights", metavar="DIR", help="weights written by `z2z pack` (default: the shipped z2z-smollm2-135m)"
+    )
+    parser.add_argument("--dtype", choices=_DTYPES, default="bfloat16", help="weights dtype (default bfloat16)")
+    parser.set_defaults(handler=build_model)
+
+
+def pack(args: argparse.Namespace) -> int:
+    """Write the shippable part of a LoRA training checkpoint (adapter and hyper-encoders in
+    bfloat16, no base, no optimizer state), then build it once and store the HF reference's greedy
+    continuation of a held-out code prompt beside it (expected_greedy.json)."""
+    from z2z_vllm.training.checkpoints import pack_weights
+    from z2z_vllm.weights import write_expectation
+
+    dst = _checkpoint_errors(lambda: pack_weights(args.src, args.dst, base_model=args.base))
+    expectation = _checkpoint_errors(lambda: write_expectation(dst))
+    size = sum(f.stat().st_size for f in dst.iterdir())
+    print(f"packed {args.src} -> {dst} ({size / 1e6:.1f} MB); greedy check: {expectation['output_text']!r}")
+    return 0
+
+
+def _add_pack_parser(subparsers) -> None:
+    parser = subparsers.add_parser("pack", help="write a checkpoint's shippable weights", description=pack.__doc__)
+    parser.add_argument("src", metavar="SRC", help="LoRA training checkpoint folder")
+    parser.add_argument("dst", metavar="DST", help="output folder (must not exist or be empty)")
+    parser.add_argument("--base", default="smollm2-135m", help="base model name recorded (default smollm2-135m)")
+    parser.set_defaults(handler=pack)
+
+
 def import_reference(args: argparse.Namespace) -> int:
     """Convert a checkpoint of the authors' zip2zip package (zip2zip_config.json,
     zip2zip_encoders.safetensors, PEFT adapter or full weights) into our checkpoint format."""
@@ -465,7 +512,9 @@ def _add_eval_bpb_parser(subparsers) -> None:
 _VERB_PARSERS = (
     _add_compress_parser,
     _add_init_parser,
+    _add_build_model_parser,
     _add_export_parser,
+    _add_pack_parser,
     _add_import_reference_parser,
     _add_train_parser,
     _add_eval_bpb_parser,

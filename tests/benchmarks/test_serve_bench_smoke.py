@@ -1,8 +1,10 @@
 """The serving benchmark runs end to end on tiny models (a tiny random Llama served plain against
-the tiny z2z export), offline and against two OpenAI servers, and writes complete, sane JSON."""
+the tiny z2z export), offline and against two OpenAI servers, and writes complete, sane JSON with
+each ratio's compression bound; its workloads and bounds hold on their own too."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,7 +27,26 @@ RATIOS = (
     "prompt_tokens", "output_bytes", "requests_per_s", "prompt_bytes_per_s", "generated_bytes_per_s",
     "ttft_ms", "tpot_ms", "ms_per_output_byte",
 )  # fmt: skip
+# Each bound from the z2z and plain rows, spelled out here: rates gain what compression saves,
+# times lose it.
+BOUNDS = {
+    "prompt_bytes_per_s": lambda z2z, plain: plain["prompt_tokens"] / z2z["prompt_tokens"],
+    "ttft_ms": lambda z2z, plain: z2z["prompt_tokens"] / plain["prompt_tokens"],
+    "generated_bytes_per_s": lambda z2z, plain: z2z["base_tokens_per_emitted"],
+    "ms_per_output_byte": lambda z2z, plain: 1 / z2z["base_tokens_per_emitted"],
+}
 MAX_TOKENS = 6
+
+
+@pytest.fixture
+def serve_bench(monkeypatch):
+    """The benchmark as a module (its sibling ``machine`` on the path, as when run as a script)."""
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    spec = importlib.util.spec_from_file_location("serve_bench", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "serve_bench", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +75,10 @@ def run_bench(tmp_path, plain_dir, tiny_export, prompts_file, *args: str) -> tup
     return json.loads(path.read_text()), finished.stdout
 
 
+def bound_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.split()[:1] == ["bound"]]
+
+
 def check_report(report: dict, mode: str, parallel: list[int]) -> None:
     assert report["conditions"]["modes"] == [mode]
     assert report["conditions"]["domains"] == ["words"]
@@ -74,6 +99,12 @@ def check_report(report: dict, mode: str, parallel: list[int]) -> None:
         for name in RATIOS:
             assert ratio[name] == pytest.approx(z2z[name] / plain[name])
         assert ratio["prompt_tokens"] < 1  # the z2z tokenizer compressed the same text
+        assert {key for key in ratio if key.startswith("bound_")} == {f"bound_{name}" for name in BOUNDS}
+        for name, bound in BOUNDS.items():
+            assert ratio[f"bound_{name}"] == pytest.approx(bound(z2z, plain))
+        # Compression can only help: rates may rise, times may fall.
+        assert ratio["bound_prompt_bytes_per_s"] > 1 and ratio["bound_ttft_ms"] < 1
+        assert ratio["bound_generated_bytes_per_s"] >= 1 and ratio["bound_ms_per_output_byte"] <= 1
 
 
 def test_offline(tmp_path, plain_dir, tiny_export, prompts_file):
@@ -81,7 +112,7 @@ def test_offline(tmp_path, plain_dir, tiny_export, prompts_file):
         tmp_path, plain_dir, tiny_export, prompts_file, "--modes", "offline", "--batch-sizes", "1", "3"
     )
     check_report(report, "offline", [1, 3])
-    assert "offline LLM.generate" in stdout and "z2z/plain" in stdout
+    assert "offline LLM.generate" in stdout and "z2z/plain" in stdout and bound_lines(stdout)
 
 
 def test_server(tmp_path, plain_dir, tiny_export, prompts_file):
@@ -91,4 +122,58 @@ def test_server(tmp_path, plain_dir, tiny_export, prompts_file):
     )  # fmt: skip
     check_report(report, "server", [2])
     assert report["rows"][0]["requests"] == 4
-    assert "OpenAI server" in stdout and "z2z/plain" in stdout
+    assert "OpenAI server" in stdout and "z2z/plain" in stdout and bound_lines(stdout)
+
+
+def test_bound_directions(serve_bench):
+    """Made-up rows: z2z prompts 20 % shorter, 1.5 base tokens per emitted token."""
+
+    def row(model: str, prompt_tokens: float, base_per_emitted: float):
+        figures = {name: 1.0 for name in RATIOS} | {"output_tokens": 1.0}
+        figures |= {"prompt_tokens": prompt_tokens, "base_tokens_per_emitted": base_per_emitted}
+        return serve_bench.Row(
+            mode="offline", domain="code", parallel=1, model=model, requests=1, runs=1, sample_output="", **figures
+        )
+
+    rows = [row("plain", 100, 1), row("z2z", 80, 1.5)]
+    (ratio,) = serve_bench.ratios(rows)
+    assert ratio["bound_prompt_bytes_per_s"] == pytest.approx(1.25)
+    assert ratio["bound_ttft_ms"] == pytest.approx(0.8)
+    assert ratio["bound_generated_bytes_per_s"] == pytest.approx(1.5)
+    assert ratio["bound_ms_per_output_byte"] == pytest.approx(1 / 1.5)
+    table = serve_bench.format_table("offline", rows, [ratio]).splitlines()
+    assert table[-2].split()[0] == "z2z/plain" and table[-1].split() == ["bound", "1.250", "1.500", "0.800", "0.667"]
+
+
+def _corpora_available() -> bool:
+    from z2z_vllm.data import DataSourceMissing, corpus_documents, load_tokenizer
+
+    try:
+        load_tokenizer("smollm2")
+        for domain in ("code", "prose", "structured"):
+            corpus_documents(domain, split="heldout", max_bytes=1000)
+    except DataSourceMissing:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _corpora_available(), reason="data sources missing (bash scripts/install_data_sources.sh)")
+def test_workloads(serve_bench):
+    """Code, prose and the context-heavy structured domain (longer prompts), in quick runs too; the
+    longest prompt and its output fit the default model length in plain SmolLM2 tokens."""
+    from z2z_vllm.data import load_tokenizer
+
+    args, knobs = serve_bench.parse_args([])
+    assert knobs.domains == ("code", "prose", "structured")
+    knobs, prompts = serve_bench.load_prompts(args, knobs)
+    assert {domain: {len(text) for text in texts} for domain, texts in prompts.items()} == {
+        "code": {1024}, "prose": {1024}, "structured": {2048},
+    }  # fmt: skip
+    assert prompts["structured"][0].lstrip().startswith("{")  # botocore's JSON
+    tokenizer = load_tokenizer("smollm2")
+    longest = max(len(tokenizer.encode(text).ids) for text in prompts["structured"])
+    assert longest + knobs.max_tokens <= args.max_model_len
+
+    assert "structured" in serve_bench.parse_args(["--quick"])[1].domains
+    _, knobs = serve_bench.parse_args(["--domains", "structured", "--prompt-chars", "300"])
+    assert knobs.domains == ("structured",) and knobs.chars("structured") == 300

@@ -16,6 +16,7 @@ from z2z_vllm.training.checkpoints import (
     is_export,
     load_checkpoint,
     load_for_inference,
+    pack_weights,
     save_checkpoint,
 )
 
@@ -135,6 +136,40 @@ def test_full_base_weights_checkpoint(tmp_path):
     assert torch.equal(load_checkpoint(checkpoint)(ids, attention_mask=mask).logits, expected)
     export = export_for_serving(checkpoint, tmp_path / "export")
     assert_same_logits(expected, load_for_inference(export)(ids, attention_mask=mask).logits)
+
+
+@torch.no_grad()
+def test_packed_weights_are_the_checkpoint_in_bfloat16_without_training_parts(tmp_path):
+    from safetensors import safe_open
+
+    base_dir = tiny_base_folder(tmp_path / "base")
+    model = lora_model(base_dir)  # reconstruction head included (training default)
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt")
+    (checkpoint / "train_config.json").write_text('{"base_model": "tiny"}')
+    packed = pack_weights(checkpoint, tmp_path / "packed", base_model=str(base_dir))
+
+    assert sorted(p.name for p in packed.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "train_config.json", "z2z_config.json",
+        "z2z_encoders.safetensors",
+    ]  # fmt: skip
+    for name in ("adapter_model.safetensors", "z2z_encoders.safetensors"):
+        with safe_open(str(packed / name), "pt") as weights:
+            assert {weights.get_tensor(key).dtype for key in weights.keys()} == {torch.bfloat16}
+            if name == "z2z_encoders.safetensors":
+                assert not any(key.startswith("reconstruction.") for key in weights.keys())
+    config = Zip2ZipConfig.load(packed)
+    assert config.base_model == str(base_dir) and config.reconstruction_weight == 0.0
+    assert json.loads((packed / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+
+    # The packed folder serves like the checkpoint, up to bfloat16 rounding of LoRA and encoders.
+    ids, mask = compressed_batch(model)
+    expected = model(ids, attention_mask=mask).logits
+    served = load_for_inference(export_for_serving(packed, tmp_path / "export"))(ids, attention_mask=mask).logits
+    assert torch.equal(torch.isinf(expected), torch.isinf(served))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(served[finite], expected[finite], rtol=0.05, atol=0.05)
+    with pytest.raises(FileExistsError):
+        pack_weights(checkpoint, packed, base_model=str(base_dir))
 
 
 def test_export_refuses_a_non_empty_destination(tmp_path):

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,13 @@ __all__ = [
     "is_export",
     "load_checkpoint",
     "load_for_inference",
+    "pack_weights",
     "save_checkpoint",
     "serving_architecture",
 ]
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 _BASE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -174,6 +177,10 @@ def _resolve_base(
             raise ValueError(f"{directory} names no base model and holds no base weights: pass base_model=")
     from transformers import AutoModelForCausalLM
 
+    from z2z_vllm.data.models import MODEL_NAMES, base_model_dir
+
+    if base_model in MODEL_NAMES:  # a model this project builds offline, e.g. "smollm2-135m"
+        base_model = base_model_dir(base_model)
     return AutoModelForCausalLM.from_pretrained(str(base_model), **dtype_kwargs(dtype))
 
 
@@ -284,3 +291,38 @@ def load_for_inference(directory: str | os.PathLike, *, dtype: torch.dtype | str
     model = Zip2ZipForCausalLM(base, config)
     model.load_hyper_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
+
+
+def pack_weights(
+    src: str | os.PathLike, dst: str | os.PathLike, *, base_model: str, dtype: torch.dtype | str = torch.bfloat16
+) -> Path:
+    """Writes the shippable part of the training checkpoint ``src`` to ``dst``: the LoRA adapter
+    and the hyper-encoders cast to ``dtype``, without the base weights, the reconstruction head
+    (training only) or the optimizer state; ``base_model`` (a name, e.g. "smollm2-135m") replaces
+    the local path the run recorded. ``dst`` is a checkpoint again: ``export_for_serving(dst, ...,
+    base_model=...)`` builds the servable folder. The run's train_config.json comes along."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not (src / CONFIG_FILE).is_file() or not (src / ADAPTER_CONFIG_FILE).is_file():
+        raise ValueError(f"{src} is not a LoRA training checkpoint ({CONFIG_FILE} + {ADAPTER_CONFIG_FILE})")
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"pack destination {dst} is not empty")
+    dst.mkdir(parents=True, exist_ok=True)
+
+    def cast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(dtype).contiguous() for name, tensor in tensors.items()}
+
+    hyper = load_file(str(src / WEIGHTS_FILE))
+    save_file(cast({n: t for n, t in hyper.items() if not n.startswith("reconstruction.")}),
+              str(dst / WEIGHTS_FILE), metadata={"format": "pt"})
+    Zip2ZipConfig.load(src).replace(base_model=base_model, reconstruction_weight=0.0).save(dst)
+    save_file(cast(load_file(str(src / ADAPTER_WEIGHTS_FILE))), str(dst / ADAPTER_WEIGHTS_FILE),
+              metadata={"format": "pt"})
+    adapter = json.loads((src / ADAPTER_CONFIG_FILE).read_text())
+    adapter["base_model_name_or_path"] = base_model
+    (dst / ADAPTER_CONFIG_FILE).write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+    if (src / "train_config.json").is_file():  # the settings, for the model card and evaluation
+        shutil.copyfile(src / "train_config.json", dst / "train_config.json")
+    return dst

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from z2z_vllm.modeling import Zip2ZipForCausalLM
 from z2z_vllm.training.data import IGNORE_INDEX, Collator, CompressedDataset, batch_to, build_dataset, load_text_tokenizer
 
-__all__ = ["BitsPerByte", "bits_per_byte", "compare_bits_per_byte"]
+__all__ = ["BitsPerByte", "bits_per_byte", "compare_bits_per_byte", "compare_bits_per_byte_by_source"]
 
 UPPER_BOUND_NOTE = (
     "z2z bits/byte scores the canonical LZW path only: an upper bound on the model's true bits/byte "
@@ -89,17 +89,41 @@ def compare_bits_per_byte(
     ``model_dir``: a training checkpoint or output dir; ``base``: the base model to compare with
     (a name or folder; default the one the z2z model was trained from, without LoRA); ``device``:
     where to run (default "cuda" when available, else "cpu")."""
-    from z2z_vllm.training.trainer import _load_base, _start_id, load_trained_model, resolve_base_model
+    (pair,) = compare_bits_per_byte_by_source(
+        model_dir, {"text": documents}, base=base, window=window, batch_size=batch_size, bf16=bf16, device=device,
+        progress=progress,
+    ).values()
+    return pair
+
+
+def compare_bits_per_byte_by_source(
+    model_dir: str | Path, documents: dict[str, list], *, base: str | None = None, window: int = 1024,
+    batch_size: int = 1, bf16: bool = False, device: str | None = None, progress: bool = True,
+) -> dict[str, tuple[BitsPerByte, BitsPerByte]]:
+    """:func:`compare_bits_per_byte` for several named document sets (e.g. one per domain),
+    loading each model once: ``{name: (z2z, base)}``."""
+    from z2z_vllm.training.trainer import (
+        _load_base,
+        _start_id,
+        load_trained_model,
+        resolve_base_model,
+    )
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_trained_model(model_dir)
     model.to(target)
     tokenizer = load_text_tokenizer(cfg.tokenizer or resolve_base_model(cfg.base_model))
     start_id = _start_id(model)
-    z2z_data = build_dataset(documents, tokenizer=tokenizer, codec=model.codec, length=window, start_id=start_id)
-    z2z = bits_per_byte(model, z2z_data, label="z2z", batch_size=batch_size, bf16=bf16, progress=progress)
+    z2z = {}
+    for name, docs in documents.items():
+        data = build_dataset(docs, tokenizer=tokenizer, codec=model.codec, length=window, start_id=start_id)
+        z2z[name] = bits_per_byte(model, data, label="z2z", batch_size=batch_size, bf16=bf16, progress=progress)
     del model
     base_model = _load_base(resolve_base_model(base or cfg.base_model)).to(target)
-    base_data = build_dataset(documents, tokenizer=tokenizer, length=window, start_id=start_id)
-    plain = bits_per_byte(base_model, base_data, label="base", batch_size=batch_size, bf16=bf16, progress=progress)
-    return z2z, plain
+    out = {}
+    for name, docs in documents.items():
+        data = build_dataset(docs, tokenizer=tokenizer, length=window, start_id=start_id)
+        plain = bits_per_byte(base_model, data, label="base", batch_size=batch_size, bf16=bf16,
+                              progress=progress)
+        out[name] = (z2z[name], plain)
+    return out
