@@ -193,12 +193,14 @@ py::object to_python(const std::vector<Id>& ids, bool as_numpy) {
   return py::reinterpret_steal<py::object>(list);
 }
 
-py::tuple entry_tuple(const z2z::Decoder& decoder, Id index) {
-  const Id* content = decoder.entry(index);
-  const size_t size = decoder.entry_size(index);
+py::tuple ids_tuple(const Id* ids, size_t size) {
   py::tuple tuple(size);
-  for (size_t i = 0; i < size; ++i) PyTuple_SET_ITEM(tuple.ptr(), i, int_objects.get(content[i]));
+  for (size_t i = 0; i < size; ++i) PyTuple_SET_ITEM(tuple.ptr(), i, int_objects.get(ids[i]));
   return tuple;
+}
+
+py::tuple entry_tuple(const z2z::Decoder& decoder, Id index) {
+  return ids_tuple(decoder.entry(index), decoder.entry_size(index));
 }
 
 py::dict codebook_dict(const z2z::Decoder& decoder) {
@@ -285,13 +287,21 @@ class Decoder {
     std::lock_guard<std::mutex> lock(mutex_);
     return decoder_.num_entries();
   }
+  py::tuple buffer() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return ids_tuple(decoder_.buffer().data(), decoder_.buffer().size());
+  }
+  py::tuple known_at() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    py::tuple out(decoder_.num_entries());
+    for (Id i = 0; i < decoder_.num_entries(); ++i) out[i] = py::int_(decoder_.known_at(i));
+    return out;
+  }
   py::object candidate() {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<Id> content;
     if (!decoder_.candidate(content)) return py::none();
-    py::tuple entry(content.size());
-    for (size_t i = 0; i < content.size(); ++i) PyTuple_SET_ITEM(entry.ptr(), i, int_objects.get(content[i]));
-    return py::make_tuple(config_->vocab_size + decoder_.num_entries(), entry);
+    return py::make_tuple(config_->vocab_size + decoder_.num_entries(), ids_tuple(content.data(), content.size()));
   }
   void reset() {
     run([&] { decoder_.reset(); });
@@ -603,6 +613,11 @@ W = longest entry, at most M):
       .def_property_readonly("position", &Decoder::position, "Number of ids read so far.")
       .def_property_readonly("codebook", &Decoder::codebook, "{hypertoken id: base ids} known now.")
       .def_property_readonly("num_entries", &Decoder::num_entries)
+      .def_property_readonly("buffer", &Decoder::buffer,
+                             "Base ids the next entry starts with: the previous expansion and the ids "
+                             "merged since (empty after a disabled id or with a full codebook).")
+      .def_property_readonly("known_at", &Decoder::known_at,
+                             "Per entry, in order: the position of the id whose reading created it.")
       .def_property_readonly("candidate", &Decoder::candidate,
                              "(id, base ids) of the entry the next id may define by naming itself "
                              "(LZW's KwKwK case), or None where no undefined id is valid next.")

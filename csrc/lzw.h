@@ -90,6 +90,9 @@ class Decoder {
   size_t entry_size(Id index) const { return offsets_[index + 1] - offsets_[index]; }
   // Index of the compressed id whose reading created entry `index`.
   int64_t known_at(Id index) const { return known_at_[index]; }
+  // Base ids the next entry starts with: the previous expansion and what merged since (empty
+  // after a disabled id or with a full codebook); what a decoder copied elsewhere must carry.
+  const std::vector<Id>& buffer() const { return buffer_; }
   // The one undefined id that may come next is V + num_entries(), naming the entry it creates
   // itself (LZW's KwKwK case): the buffer plus its first id. Writes that entry to `content` and
   // returns true when such an id would be valid now; returns false otherwise.

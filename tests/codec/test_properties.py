@@ -91,3 +91,19 @@ def test_codebook_arrays_agree_with_the_incremental_decoder(data):
             assert tuple(t for t in candidates[row, position] if t >= 0) == expected
         assert (known_at[row, decoder.num_entries :] == 2**31 - 1).all()
         assert (candidates[row, len(stream) :] == -1).all()
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.data())
+def test_decoder_buffer_and_known_at_follow_the_reference(data):
+    from z2z_vllm.codec import reference
+
+    case = data.draw(cases())
+    stream = data.draw(valid_streams(case))
+    ours, theirs = case.ours().decoder(), reference.Decoder(case.reference())
+    known_at = []
+    for position, token in enumerate(stream):
+        known_at += [position] * len(ours.feed(token))
+        theirs.feed([token])
+        assert ours.buffer == theirs._buffer
+        assert ours.known_at == tuple(known_at)

@@ -56,3 +56,23 @@ def test_forced_preemption_gives_the_same_tokens(tiny_export, prompts, reference
         assert preemptions > 0
     finally:
         engine.llm_engine.engine_core.shutdown()
+
+
+def test_device_codebooks_give_the_same_tokens(tiny_export, prompts, reference, monkeypatch):
+    """The GPU path's decode steps (codebook update and rows on the device, forced on here on the
+    CPU) under preemption with recompute and chunked prefill, which move requests between that
+    path and the host's."""
+    from z2z_vllm.vllm.model import DEVICE_CODEBOOKS_ENV
+
+    monkeypatch.setenv(DEVICE_CODEBOOKS_ENV, "1")
+    engine = make_llm(
+        tiny_export, num_gpu_blocks_override=4, block_size=32, max_model_len=96, enable_chunked_prefill=True,
+        max_num_batched_tokens=16, enable_prefix_caching=False, disable_log_stats=False,
+    )  # fmt: skip
+    try:
+        slots = engine.llm_engine.model_executor.driver_worker.worker.model_runner.model.hyper_slots
+        assert slots.device_codebooks
+        assert greedy(engine, prompts) == reference
+        assert slots._device_position.max() > 0, "decode steps ran on the device path"
+    finally:
+        engine.llm_engine.engine_core.shutdown()

@@ -21,9 +21,10 @@ def model():
     return model
 
 
-def make_slots(model, num_slots: int = 4, *, use_kernels: bool = False) -> HyperSlots:
+def make_slots(model, num_slots: int = 4, *, use_kernels: bool = False, device_codebooks: bool = False) -> HyperSlots:
     return HyperSlots(
         use_kernels=use_kernels,
+        device_codebooks=device_codebooks,
         codec=model.codec,
         num_slots=num_slots,
         hidden_size=H,
@@ -180,6 +181,44 @@ def test_the_kernel_path_gives_the_same_logits(model):
         results.append((slots.logits(hidden, base), slots.logits(hidden, base)))  # in a step, then outside
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def embed_base(model):
+    return lambda base_ids: torch.nn.functional.embedding(base_ids, model.input_table())
+
+
+@torch.no_grad()
+def test_decode_steps_on_device_match_the_host_path(model):
+    """Device codebooks (the GPU path; the update kernel's torch reference on CPU): decode steps
+    advance on the device while prefill chunks, a chunk after decode steps, a replay from 0 and a
+    slot taken over go through the host; embeddings and logits equal the host-only path's at
+    every step."""
+    a, b, c = (stream(model, seed=s, length=200) for s in (16, 17, 18))  # 136+ ids each
+    schedule = [
+        [("a", a, 0, 20), ("b", b, 0, 30)],  # prefill chunks
+        [("a", a, 20, 40), ("b", b, 30, 31)],  # a chunk beside a first decode step
+        *[[("a", a, t, t + 1), ("b", b, t - 10 + 1, t - 10 + 2)] for t in range(40, 52)],  # decode steps
+        [("a", a, 52, 58), ("b", b, 42, 43)],  # a chunk after device steps: the host catches up
+        *[[("a", a, t, t + 1)] for t in range(58, 62)],  # "b" idle
+        [("c", c, 0, 25), ("a", a, 62, 63)],  # "c" takes over b's slot (2 slots)
+        *[[("c", c, t, t + 1), ("a", a, t + 38, t + 39)] for t in range(25, 35)],
+        [("b", b, 43, 44)],  # "b" comes back without its codebook: replayed from 0
+        [("a", a, 0, 5)],  # recompute from 0 after preemption
+        *[[("b", b, t, t + 1), ("a", a, t - 39, t - 38)] for t in range(44, 60)],
+    ]
+    host, on_device = make_slots(model, num_slots=2), make_slots(model, num_slots=2, device_codebooks=True)
+    gen = torch.Generator().manual_seed(0)
+    for step in schedule:
+        requests = [request(name, tokens[:end], begin, end) for name, tokens, begin, end in step]
+        ids = torch.tensor([t for name, tokens, begin, end in step for t in tokens[begin:end]])
+        hidden, base = torch.randn(len(step), H, generator=gen), torch.randn(len(step), V, generator=gen)
+        results = []
+        for slots in (host, on_device):
+            slots.begin_step(requests)
+            results.append((slots.embed(ids, embed_base(model)), slots.logits(hidden, base)))
+        torch.testing.assert_close(results[1][0], results[0][0])
+        torch.testing.assert_close(results[1][1], results[0][1])
+    assert on_device._device_position.max() > 0, "some steps ran on the device"
 
 
 def test_row_cache_encodes_each_entry_once_and_survives_eviction():

@@ -160,6 +160,11 @@ class _PooledEncoder(nn.Module):
         x, valid = _gather_subtokens(subtoken_ids, table, pad_embedding_id=self.config.pad_embedding_id)
         if self.positions is not None:
             x = x + self.positions.weight[: x.shape[1]]
+        return self.pooled(x, valid)
+
+    def pooled(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The encoding from gathered subtoken rows ``x`` [N, W, H], positions already added
+        (the serving path gathers them with a fused kernel)."""
         pooled = _pool(self.transform(x, valid), valid, mask_pads=self.config.pool_mask_pads)
         return pooled * valid.any(dim=1, keepdim=True)
 
@@ -210,15 +215,18 @@ class ResidualEncoder(nn.Module):
 
     def forward(self, subtoken_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         x, valid = _gather_subtokens(subtoken_ids, table, pad_embedding_id=None)
-        first = x[:, 0]
+        return (x[:, 0] + self.delta(x, valid)) * valid.any(dim=1, keepdim=True)
+
+    def delta(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The delta [N, H] from gathered subtoken rows ``x`` [N, W, H] at the model's width, no
+        positions (they are added after ``proj_in``; the serving path gathers with a fused kernel)."""
         if self.proj_in is not None:
             x = self.proj_in(x)
         if self.positions is not None:
             x = x + self.positions.weight[: x.shape[1]]
         for layer in self.layers:
             x = layer(x, valid)
-        delta = self.proj_out(_pool(self.final_norm(x), valid, mask_pads=True))
-        return (first + delta) * valid.any(dim=1, keepdim=True)
+        return self.proj_out(_pool(self.final_norm(x), valid, mask_pads=True))
 
 
 def build_encoder(config: EncoderConfig, *, model_hidden_size: int, max_subtokens: int) -> nn.Module:

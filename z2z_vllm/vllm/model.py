@@ -17,6 +17,7 @@ C = 1024, 64 sequences, bf16: 151 MB), plus the shared row caches: 2 x 16384 x h
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from z2z_vllm.modeling import WEIGHTS_FILE
 from z2z_vllm.modeling.config import BASE_VOCAB_SIZE_KEY, HF_CONFIG_KEY, Zip2ZipConfig
 from z2z_vllm.modeling.encoders import build_encoder
+from z2z_vllm.vllm.compose import encode_rows
 from z2z_vllm.vllm.slots import HyperSlots
 
 __all__ = [
@@ -51,6 +53,16 @@ def _base_vllm_config(vllm_config: VllmConfig, z2z: Zip2ZipConfig) -> VllmConfig
     base_config = copy.deepcopy(hf_config)
     base_config.vocab_size = getattr(hf_config, BASE_VOCAB_SIZE_KEY)
     return vllm_config.with_hf_config(base_config, architectures=[z2z.base_architecture])
+
+
+DEVICE_CODEBOOKS_ENV = "Z2Z_DEVICE_CODEBOOKS"
+
+
+def _device_codebooks_setting() -> bool | None:
+    """``Z2Z_DEVICE_CODEBOOKS=1`` / ``0`` forces decode-step codebook updates on / off the device
+    (e.g. on to test the GPU path's logic on a CPU); unset: on where the model runs on a GPU."""
+    value = os.environ.get(DEVICE_CODEBOOKS_ENV)
+    return None if value is None else value == "1"
 
 
 class Zip2ZipModelMixin:
@@ -78,15 +90,28 @@ class Zip2ZipModelMixin:
             encode_outputs=self._encode_outputs,
             device=None,  # the loader's target device is the default device here
             dtype=vllm_config.model_config.dtype,
+            device_codebooks=_device_codebooks_setting(),
         )
 
     # -- hyper rows -----------------------------------------------------------------------------
 
     def _encode_inputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
-        return self.input_encoder(subtoken_ids, self.model.embed_tokens.weight)
+        return encode_rows(
+            self.input_encoder,
+            subtoken_ids,
+            self.model.embed_tokens.weight,
+            max_subtokens=self.z2z_config.max_subtokens,
+            use_kernels=self.hyper_slots.use_kernels,
+        )
 
     def _encode_outputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
-        return self.output_encoder(subtoken_ids, self.lm_head.weight)
+        return encode_rows(
+            self.output_encoder,
+            subtoken_ids,
+            self.lm_head.weight,
+            max_subtokens=self.z2z_config.max_subtokens,
+            use_kernels=self.hyper_slots.use_kernels,
+        )
 
     # -- vLLM model interface -------------------------------------------------------------------
 

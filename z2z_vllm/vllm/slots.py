@@ -18,6 +18,13 @@ slot each scheduled token and each logits row belongs to. A request whose decode
 past the start of its scheduled range (preemption with recompute, discarded tokens) is replayed
 from position 0: the codebook is a function of the token prefix, so replaying is always right.
 
+With ``device_codebooks`` (default on a GPU) decode steps skip the host: a copy of each
+decoder's state lives on the device (:class:`z2z_vllm.ops.CodebookState`), and a request that
+reads one token where that copy stands is advanced by the batched update kernel, its new rows
+encoded from what the kernel returns, with no host synchronisation. Its host decoder then lags
+and catches up from the token list the next time the request takes the host path (prefill
+chunks, replays), which also re-seeds the device copy.
+
 No vLLM imports: :mod:`z2z_vllm.vllm.patches` turns runner state into :class:`ScheduledRequest`.
 """
 
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from z2z_vllm import ops
 from z2z_vllm.codec import LZWCodec
 
 __all__ = ["HyperSlots", "ScheduledRequest"]
@@ -102,6 +110,14 @@ class RowCache:
         self.rows[torch.tensor(positions, device=self.rows.device)] = rows
 
 
+def _write_rows(table: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """``table[slots[i], index[i]] = rows[i]`` where ``index[i] >= 0``, without a host sync:
+    the other rows write back what they read (their (slot, index) pairs are distinct)."""
+    keep = (index >= 0).unsqueeze(1)
+    index = index.clamp(min=0)
+    table[slots, index] = torch.where(keep, rows.to(table.dtype), table[slots, index])
+
+
 class HyperSlots:
     """Codebooks of up to ``num_slots`` running requests (module docstring)."""
 
@@ -116,6 +132,7 @@ class HyperSlots:
         device: torch.device,
         dtype: torch.dtype,
         use_kernels: bool | None = None,
+        device_codebooks: bool | None = None,
         cache_rows: int = 16384,
     ) -> None:
         self.codec = codec
@@ -132,6 +149,13 @@ class HyperSlots:
         self.has_candidate = torch.zeros(S, dtype=torch.bool, device=device)
         # None: the fused kernels where they run compiled (CUDA), torch elsewhere.
         self.use_kernels = self.num_known.device.type == "cuda" if use_kernels is None else use_kernels
+        self.encode_inputs, self.encode_outputs = encode_inputs, encode_outputs
+        self.device_codebooks = self.use_kernels if device_codebooks is None else device_codebooks
+        self.state = ops.CodebookState.empty(
+            num_slots=S, vocab_size=self.vocab_size, codebook_size=C, max_subtokens=codec.max_subtokens,
+            disabled_ids=codec.disabled_ids, pad_token_id=codec.pad_token_id, device=self.num_known.device,
+        ) if self.device_codebooks else None  # fmt: skip
+        self._device_position = np.full(S, -1, dtype=np.int64)  # ids the device copy has read; -1: stale
 
         self._slot_of: dict[str, int] = {}
         self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
@@ -182,6 +206,7 @@ class HyperSlots:
             self._free.append(slot)
 
     def _reset(self, slot: int) -> None:
+        self._device_position[slot] = -1
         self._decoders[slot].reset()
         self._entries[slot] = []
         self._input_ready[slot] = False
@@ -201,8 +226,17 @@ class HyperSlots:
         reads: list[tuple[int, int]] = []  # (slot, entry) read as input this step
         slots: list[int] = []
         counts: list[int] = []
+        on_device: list[tuple[int, int, int]] = []  # (slot, token, position) of device decode steps
+        seeds: list[int] = []  # slots whose device copy follows their host decoder after this step
         for request in requests:
             slot = self.slot(request.req_id)
+            slots.append(slot)
+            counts.append(request.end - request.begin)
+            if self.device_codebooks:
+                if request.end == request.begin + 1 and self._device_position[slot] == request.begin:
+                    on_device.append((slot, request.tokens(request.begin, request.end)[0], request.begin))
+                    continue
+                seeds.append(slot)
             decoder = self._decoders[slot]
             if decoder.position > request.begin:
                 self._reset(slot)
@@ -218,19 +252,44 @@ class HyperSlots:
             reads.extend(
                 (slot, token - V) for token in request.tokens(request.begin, request.end) if token >= V
             )
-            slots.append(slot)
-            counts.append(request.end - request.begin)
 
         self._encode_outputs(new_keys, candidates, device)
         self._encode_inputs(reads, device)
         self.num_known.copy_(torch.from_numpy(self._num_known_host))
         self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
-        # Columns any row of this step can use: defined entries plus one KwKwK candidate.
+        # Columns any row of this step can use: defined entries plus one KwKwK candidate (all of
+        # them when the device advanced some codebook: the host does not know how far).
         self._columns_used = min(int(self._num_known_host[slots].max(initial=0)) + 1, self.codebook_size)
+        for slot in seeds:
+            decoder = self._decoders[slot]
+            self.state.load_(slot, self._entries[slot], decoder.known_at, decoder.buffer)
+            self._device_position[slot] = decoder.position
+        if on_device:
+            self._advance_on_device(on_device, device)
+            self._columns_used = self.codebook_size
         self._row_slots = torch.tensor(slots, dtype=torch.long, device=device)
         self._token_slots = torch.repeat_interleave(
             self._row_slots, torch.tensor(counts, dtype=torch.long, device=device)
         )
+
+    def _advance_on_device(self, steps: list[tuple[int, int, int]], device: torch.device) -> None:
+        """Decode steps of ``(slot, token, position)``: the batched codebook update, then the rows
+        it makes due (the entry created, the next KwKwK candidate, the input row of a hypertoken
+        read), all on the device. Rows are encoded for every request of the batch, needed or not:
+        choosing would need the kernel's results on the host."""
+        slots, tokens, positions = (torch.tensor(column, device=device) for column in zip(*steps))
+        update = ops.codebook_update(self.state, tokens, slots, positions)
+        slots = slots.long()
+        created = update.created.long()
+        content = self.state.entries[slots, created.clamp(min=0)].long()
+        rows = self.encode_outputs(torch.cat([content, update.candidate.long()]))
+        _write_rows(self.output_rows, slots, created, rows[: len(steps)])
+        self.candidate_rows[slots] = rows[len(steps) :].to(self.candidate_rows.dtype)
+        self.has_candidate[slots] = update.candidate[:, 0] >= 0
+        self.num_known[slots] = self.state.num_entries[slots].long()
+        read = torch.where(tokens >= self.vocab_size, tokens - self.vocab_size, -1).long()
+        _write_rows(self.input_rows, slots, read, self.encode_inputs(update.expansion.long()))
+        self._device_position[[slot for slot, _, _ in steps]] += 1
 
     def _encode_outputs(
         self, keys: list[tuple[int, int]], candidates: list[tuple[int, tuple[int, ...]]], device: torch.device
@@ -289,8 +348,6 @@ class HyperSlots:
                 "(only one sampled position per request is supported)"
             )
         if self.use_kernels:
-            from z2z_vllm import ops
-
             logits = base_logits.new_empty(num_rows, V + C)
             logits[:, :V] = base_logits[:, :V]
             if row_slots is None:
