@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -124,17 +125,18 @@ class CodebookState:
         """Sets one slot from a host decoder (its entries in order, their known-at positions and
         its buffer), e.g. after a prefill decoded on the CPU."""
         C, M = self.codebook_size, self.max_subtokens
-        rows = torch.full((C, M), -1, dtype=torch.int32)
+        rows = np.full((C, M), -1, dtype=np.int32)
         for e, entry in enumerate(entries):
-            rows[e, : len(entry)] = torch.tensor(entry, dtype=torch.int32)
-        known = torch.full((C,), NEVER, dtype=torch.int32)
-        known[: len(known_at)] = torch.tensor(list(known_at), dtype=torch.int32)
-        buffer_row = torch.full((M,), -1, dtype=torch.int32)
-        buffer_row[: len(buffer)] = torch.tensor(list(buffer), dtype=torch.int32)
-        self.entries[slot] = rows
-        self.known_at[slot] = known
+            rows[e, : len(entry)] = entry
+        known = np.full(C, NEVER, dtype=np.int32)
+        known[: len(known_at)] = known_at
+        buffer_row = np.full(M, -1, dtype=np.int32)
+        buffer_row[: len(buffer)] = buffer
+        device = self.entries.device
+        self.entries[slot] = torch.from_numpy(rows).to(device)
+        self.known_at[slot] = torch.from_numpy(known).to(device)
         self.num_entries[slot] = len(entries)
-        self.buffer[slot] = buffer_row
+        self.buffer[slot] = torch.from_numpy(buffer_row).to(device)
         self.buffer_len[slot] = len(buffer)
 
 
