@@ -87,3 +87,11 @@ class Zip2ZipConfigChecks:
         # The runner advances each request's codebook over its token list on the host, which
         # must hold the previous step's sampled token: no overlap of scheduling and execution.
         vllm_config.scheduler_config.async_scheduling = False
+        # The per-step hypertoken work (codebook slots, device updates, hyper rows) runs in the
+        # model's own forward, around the base model: a full CUDA graph would capture it with one
+        # step's tensors baked in. Piecewise graphs capture only the compiled base model.
+        from vllm.config.compilation import CUDAGraphMode
+
+        compilation = vllm_config.compilation_config
+        if compilation.cudagraph_mode is None or compilation.cudagraph_mode.has_full_cudagraphs():
+            compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
