@@ -325,12 +325,13 @@ class HyperSlots:
         is_hyper = input_ids >= V
         embeds = embed_base(input_ids.masked_fill(is_hyper, 0))
         token_slots, self._token_slots = self._token_slots, None
-        if token_slots is None or not bool(is_hyper.any()):
+        if token_slots is None:
             return embeds
+        # Every token's row is gathered and the base ones are masked out: selecting the hyper
+        # tokens first would need their count on the host (a sync per step on a GPU).
         n = min(len(token_slots), len(input_ids))
-        hyper = is_hyper[:n]
-        rows = self.input_rows[token_slots[:n][hyper], input_ids[:n][hyper] - V]
-        embeds[:n][hyper] = rows.to(embeds.dtype)
+        rows = self.input_rows[token_slots[:n], (input_ids[:n] - V).clamp(min=0)]
+        embeds[:n] = torch.where(is_hyper[:n, None], rows.to(embeds.dtype), embeds[:n])
         return embeds
 
     def logits(self, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
