@@ -34,6 +34,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/codec_bench.py --json results/codec_bench.json
 	$(BIN)/python benchmarks/compression_report.py --json results/compression_report.json --png results/compression_report.png
+	$(BIN)/z2z build-model --out-dir $(dir $(DEMO_MODEL))
+	$(BIN)/python benchmarks/quality_report.py --json results/quality_report.json --png results/quality_report.png
+	$(BIN)/python benchmarks/serve_bench.py --plain models/smollm2-135m --json results/serve_bench.json
 
 fuzz: setup
 	$(BIN)/python tests/codec/fuzz_codec.py -atheris_runs=1000000 -print_final_stats=1
