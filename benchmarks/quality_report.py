@@ -295,7 +295,7 @@ def write_png(report: dict, path: Path) -> None:
     axes[2].set_xticks(list(x), [f"next line: {r['domain']}" for r in task])
     axes[2].set_ylabel("exact match")
     axes[2].legend()
-    fig.suptitle(f"{report['conditions']['z2z_weights']} vs {report['conditions']['base_model']}")
+    fig.suptitle(f"{Path(report['conditions']['z2z_weights']).name} vs {report['conditions']['base_model']}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

