@@ -58,6 +58,7 @@ __all__ = [
     "TransformerEncoder",
     "ResidualEncoder",
     "build_encoder",
+    "pad_subtokens",
     "reference_state_dict",
 ]
 
@@ -79,7 +80,7 @@ def _pool(x: torch.Tensor, valid: torch.Tensor, *, mask_pads: bool) -> torch.Ten
     return (x * valid.unsqueeze(-1)).sum(dim=1) / count
 
 
-def _pad_to(subtoken_ids: torch.Tensor, width: int) -> torch.Tensor:
+def pad_subtokens(subtoken_ids: torch.Tensor, width: int) -> torch.Tensor:
     """Pads with -1 columns up to ``width`` (pooling over all M slots needs all of them)."""
     return F.pad(subtoken_ids, (0, width - subtoken_ids.shape[1]), value=-1)
 
@@ -156,7 +157,7 @@ class _PooledEncoder(nn.Module):
 
     def forward(self, subtoken_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         if not self.config.pool_mask_pads:
-            subtoken_ids = _pad_to(subtoken_ids, self.max_subtokens)
+            subtoken_ids = pad_subtokens(subtoken_ids, self.max_subtokens)
         x, valid = _gather_subtokens(subtoken_ids, table, pad_embedding_id=self.config.pad_embedding_id)
         if self.positions is not None:
             x = x + self.positions.weight[: x.shape[1]]

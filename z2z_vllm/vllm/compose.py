@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from z2z_vllm import ops
-from z2z_vllm.modeling.encoders import MeanEncoder, ResidualEncoder, _pad_to
+from z2z_vllm.modeling.encoders import MeanEncoder, ResidualEncoder, pad_subtokens
 from z2z_vllm.ops._backend import Backend
 
 __all__ = ["encode_rows"]
@@ -42,7 +42,7 @@ def encode_rows(
         return ops.residual_combine(subtoken_ids, table, encoder.delta(x, valid), backend=backend)
     config = encoder.config
     if not config.pool_mask_pads:  # pooling over all M slots needs all of them
-        subtoken_ids = _pad_to(subtoken_ids, max_subtokens)
+        subtoken_ids = pad_subtokens(subtoken_ids, max_subtokens)
     positions = encoder.positions.weight if encoder.positions is not None else None
     x, valid = ops.gather_subtokens(
         subtoken_ids, table, positions=positions, pad_row=config.pad_embedding_id, backend=backend

@@ -23,6 +23,7 @@ from pathlib import Path
 
 __all__ = [
     "BASE_MODEL",
+    "EXPECTATION_FILE",
     "SHIPPED_MODEL",
     "BuiltModel",
     "build_model",
@@ -36,7 +37,6 @@ SHIPPED_MODEL = "z2z-smollm2-135m"
 BASE_MODEL = "smollm2-135m"  # a z2z_vllm.data.models name
 EXPECTATION_FILE = "expected_greedy.json"
 BUILD_MARKER = "z2z_build.json"  # in a built folder: what it was built from
-_WEIGHT_FILES = ("z2z_config.json", "z2z_encoders.safetensors", "adapter_config.json", "adapter_model.safetensors")
 # The expectation: real held-out code, long enough that the prompt compresses into hypertokens.
 EXPECTATION_PROMPT_CHARS = 600
 EXPECTATION_MAX_TOKENS = 16
@@ -51,8 +51,12 @@ def shipped_weights_dir(name: str = SHIPPED_MODEL) -> Path:
 
 def weights_digest(folder: str | os.PathLike) -> str:
     """SHA-256 over the files a build reads: changes whenever the shipped weights change."""
+    from z2z_vllm.modeling import WEIGHTS_FILE
+    from z2z_vllm.modeling.config import CONFIG_FILE
+    from z2z_vllm.training.checkpoints import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+
     digest = hashlib.sha256()
-    for name in _WEIGHT_FILES:
+    for name in (CONFIG_FILE, WEIGHTS_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
         digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes())
     return digest.hexdigest()
 
