@@ -250,87 +250,98 @@ size_t total_size(const std::vector<std::vector<Id>>& rows) {
 
 class Codec;
 
+// Thread safety: the decoder's state is read and written only while mutex_ is held, and only by
+// C++ code that needs no GIL. Each call converts its ids into its own vector before taking the
+// mutex and copies what it returns out of the decoder before building Python objects; the mutex
+// is waited for with the GIL released. So calls are atomic, and no thread ever holds the mutex
+// while waiting for the GIL (or the reverse).
 class Decoder {
  public:
   Decoder(std::shared_ptr<const z2z::Config> config, py::object owner)
       : config_(std::move(config)), owner_(std::move(owner)), decoder_(*config_) {}
-  Decoder(const Decoder& other)
-      : config_(other.config_), owner_(other.owner_), decoder_(other.decoder_) {}
+  Decoder(std::shared_ptr<const z2z::Config> config, py::object owner, z2z::Decoder state)
+      : config_(std::move(config)), owner_(std::move(owner)), decoder_(std::move(state)) {}
 
   py::list feed(py::handle ids) {
-    read_one_or_many(ids);
-    created_.clear();
-    run([&] { decoder_.feed(input_.data(), input_.size(), nullptr, &created_); });
-    py::list result(created_.size());
-    const Id vocab = config_->vocab_size;
-    for (size_t i = 0; i < created_.size(); ++i)
-      result[i] = py::make_tuple(created_[i], entry_tuple(decoder_, created_[i] - vocab));
+    const std::vector<Id> input = read_one_or_many(ids);
+    std::vector<Id> created, contents;
+    std::vector<size_t> ends;
+    locked([&] {
+      decoder_.feed(input.data(), input.size(), nullptr, &created);
+      for (Id id : created) {
+        const Id index = id - config_->vocab_size;
+        contents.insert(contents.end(), decoder_.entry(index), decoder_.entry(index) + decoder_.entry_size(index));
+        ends.push_back(contents.size());
+      }
+    });
+    py::list result(created.size());
+    for (size_t i = 0, begin = 0; i < created.size(); begin = ends[i++])
+      result[i] = py::make_tuple(created[i], ids_tuple(contents.data() + begin, ends[i] - begin));
     return result;
   }
 
   py::object decode(py::handle ids, bool as_numpy) {
-    read_one_or_many(ids);
+    const std::vector<Id> input = read_one_or_many(ids);
     std::vector<Id> out;
-    run([&] { decoder_.feed(input_.data(), input_.size(), &out, nullptr); });
+    locked([&] { decoder_.feed(input.data(), input.size(), &out, nullptr); });
     return to_python(out, as_numpy);
   }
 
   size_t position() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return decoder_.position();
+    return locked([&] { return decoder_.position(); });
   }
-  py::dict codebook() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return codebook_dict(decoder_);
-  }
+  py::dict codebook() { return codebook_dict(snapshot()); }
   Id num_entries() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return decoder_.num_entries();
+    return locked([&] { return decoder_.num_entries(); });
   }
   py::tuple buffer() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return ids_tuple(decoder_.buffer().data(), decoder_.buffer().size());
+    const std::vector<Id> buffer = locked([&] { return decoder_.buffer(); });
+    return ids_tuple(buffer.data(), buffer.size());
   }
   py::tuple known_at() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    py::tuple out(decoder_.num_entries());
-    for (Id i = 0; i < decoder_.num_entries(); ++i) out[i] = py::int_(decoder_.known_at(i));
+    const z2z::Decoder state = snapshot();
+    py::tuple out(state.num_entries());
+    for (Id i = 0; i < state.num_entries(); ++i) out[i] = py::int_(state.known_at(i));
     return out;
   }
   py::object candidate() {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::vector<Id> content;
-    if (!decoder_.candidate(content)) return py::none();
-    return py::make_tuple(config_->vocab_size + decoder_.num_entries(), ids_tuple(content.data(), content.size()));
+    Id next_id = 0;
+    const bool valid = locked([&] {
+      next_id = config_->vocab_size + decoder_.num_entries();
+      return decoder_.candidate(content);
+    });
+    if (!valid) return py::none();
+    return py::make_tuple(next_id, ids_tuple(content.data(), content.size()));
   }
   void reset() {
-    run([&] { decoder_.reset(); });
+    locked([&] { decoder_.reset(); });
   }
-  std::unique_ptr<Decoder> copy() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return std::make_unique<Decoder>(*this);
-  }
+  std::unique_ptr<Decoder> copy() { return std::make_unique<Decoder>(config_, owner_, snapshot()); }
   const py::object& owner() const { return owner_; }
 
  private:
-  void read_one_or_many(py::handle ids) {
-    if (PyLong_Check(ids.ptr()) && !PyBool_Check(ids.ptr()))
-      input_.assign(1, item_to_id(ids.ptr(), 0));
-    else
-      read_ids(ids, input_);
+  static std::vector<Id> read_one_or_many(py::handle ids) {
+    if (PyLong_Check(ids.ptr()) && !PyBool_Check(ids.ptr())) return {item_to_id(ids.ptr(), 0)};
+    std::vector<Id> input;
+    read_ids(ids, input);
+    return input;
   }
+  // fn() with the mutex held and the GIL released; fn must not touch Python objects.
   template <class Fn>
-  void run(Fn fn) {
+  auto locked(Fn fn) -> decltype(fn()) {
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(mutex_);
-    fn();
+    return fn();
+  }
+  z2z::Decoder snapshot() {
+    return locked([&]() -> z2z::Decoder { return decoder_; });
   }
 
   std::shared_ptr<const z2z::Config> config_;
   py::object owner_;  // the LZWCodec, for .codec
   z2z::Decoder decoder_;
   std::mutex mutex_;
-  std::vector<Id> input_, created_;
 };
 
 // One sequence's codebook as codebook_arrays() reports it, flattened.
@@ -546,7 +557,7 @@ constexpr const char* kDecoderDoc = R"doc(Incremental decoder for one sequence o
 
 Feeding ids in any number of calls gives the same base ids and codebook as one
 ``LZWCodec.decode`` call over all of them. A call that raises leaves the decoder unchanged.
-Safe to share between threads (calls are serialized).
+Safe to share between threads: each call is atomic (calls are serialized).
 )doc";
 
 }  // namespace
