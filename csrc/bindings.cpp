@@ -407,6 +407,14 @@ class Codec {
     return to_python(out, as_numpy);
   }
 
+  size_t fitting_suffix_start(py::handle ids, long long max_length) const {
+    if (max_length < 0) throw py::value_error("max_length must be >= 0, got " + std::to_string(max_length));
+    std::vector<Id> input;
+    read_ids(ids, input);
+    py::gil_scoped_release release;
+    return z2z::fitting_suffix_start(*config_, input.data(), input.size(), static_cast<size_t>(max_length));
+  }
+
   py::list encode_batch(py::handle batch, py::object num_threads, bool as_numpy) const {
     return map_batch(batch, num_threads, as_numpy, [this](const std::vector<Id>& ids, std::vector<Id>& out) {
       z2z::encode(*config_, ids.data(), ids.size(), out);
@@ -573,6 +581,9 @@ PYBIND11_MODULE(_codec, m) {
            "Compresses base ids into base and hypertoken ids.")
       .def("decode", &Codec::decode, py::arg("ids"), py::kw_only(), py::arg("as_numpy") = false,
            "Expands compressed ids into base ids.")
+      .def("fitting_suffix_start", &Codec::fitting_suffix_start, py::arg("ids"), py::arg("max_length"),
+           "The smallest start such that encode(ids[start:]) has at most max_length ids: where to "
+           "cut base ids on the left so that the most of them fit.")
       .def("encode_batch", &Codec::encode_batch, py::arg("batch"), py::kw_only(),
            py::arg("num_threads") = py::none(), py::arg("as_numpy") = false,
            "encode() over many sequences on num_threads threads (None: by core count and work).")

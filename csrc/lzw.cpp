@@ -36,10 +36,14 @@ size_t power_of_two_at_least(size_t n) {
 // it is a trie: (code of the buffer, next base id) -> code of the extended buffer.
 class TrieTable {
  public:
+  // Empty, with room for max_entries. Only the slots the previous use filled are cleared: a
+  // search for the longest suffix that fits (fitting_suffix_start) starts many encodes that
+  // stop after a few ids, and clearing a whole table sized for the input would dominate them.
   void reset(size_t max_entries) {
-    size_t capacity = power_of_two_at_least(2 * max_entries + 1);
-    if (slots_.size() < capacity) slots_.resize(capacity);
-    std::fill(slots_.begin(), slots_.begin() + capacity, Slot{kEmpty, 0});
+    for (size_t i : filled_) slots_[i] = Slot{kEmpty, 0};
+    filled_.clear();
+    const size_t capacity = power_of_two_at_least(2 * max_entries + 1);
+    if (slots_.size() < capacity) slots_.resize(capacity, Slot{kEmpty, 0});
     mask_ = capacity - 1;
   }
   Id find(Id code, Id token) const {
@@ -54,6 +58,7 @@ class TrieTable {
     size_t i = mix(key) & mask_;
     while (slots_[i].key != kEmpty) i = (i + 1) & mask_;
     slots_[i] = Slot{key, child};
+    filled_.push_back(i);
   }
 
  private:
@@ -65,7 +70,8 @@ class TrieTable {
     uint64_t key;
     Id child;
   };
-  std::vector<Slot> slots_;
+  std::vector<Slot> slots_;  // all empty but filled_; the first mask_ + 1 are in use
+  std::vector<size_t> filled_;
   size_t mask_ = 0;
 };
 
@@ -103,24 +109,33 @@ Config::Config(int64_t initial_vocab_size, int64_t max_codebook_size, int64_t ma
   }
 }
 
-void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out) {
+namespace {
+
+void check_base_ids(const Config& config, const Id* ids, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (ids[i] < 0 || ids[i] >= config.vocab_size) fail_encode(ids[i], i, config);
+}
+
+// LZW over base ids (checked by the caller): calls emit(id, number of base ids it stands for)
+// for each output id in order, and stops as soon as emit returns false. Returns whether it ran
+// to the end.
+template <class Emit>
+bool encode_each(const Config& config, const Id* ids, size_t n, Emit emit) {
   thread_local TrieTable trie;
   const Id vocab = config.vocab_size;
   const Id end_id = config.end_id();
   const Id max_len = config.max_subtokens;
   // At most one entry per input id, so the table is sized by the input, not by C.
   trie.reset(std::min<size_t>(n, static_cast<size_t>(config.codebook_size)));
-  out.reserve(out.size() + n);
 
   Id next_id = vocab;
   Id code = -1;  // code of the buffer; -1: empty
   Id length = 0;
   for (size_t i = 0; i < n; ++i) {
     const Id token = ids[i];
-    if (token < 0 || token >= vocab) fail_encode(token, i, config);
     if (config.is_disabled[token]) {
-      if (code >= 0) out.push_back(code);
-      out.push_back(token);
+      if (code >= 0 && !emit(code, length)) return false;
+      if (!emit(token, 1)) return false;
       code = -1;
       length = 0;
       continue;
@@ -135,18 +150,52 @@ void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out)
         ++length;
       } else {
         if (next_id < end_id) trie.insert(code, token, next_id++);
-        out.push_back(code);
+        if (!emit(code, length)) return false;
         code = token;
         length = 1;
       }
     }
     if (length == max_len) {
-      out.push_back(code);
+      if (!emit(code, length)) return false;
       code = -1;
       length = 0;
     }
   }
-  if (code >= 0) out.push_back(code);
+  return code < 0 || emit(code, length);
+}
+
+}  // namespace
+
+void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out) {
+  check_base_ids(config, ids, n);
+  out.reserve(out.size() + n);
+  encode_each(config, ids, n, [&](Id id, Id) {
+    out.push_back(id);
+    return true;
+  });
+}
+
+size_t fitting_suffix_start(const Config& config, const Id* ids, size_t n, size_t max_length) {
+  check_base_ids(config, ids, n);
+  if (n <= max_length) return 0;
+  // Compressed length is not monotone in the suffix length, so every start is tried, longest
+  // suffix first. An output id stands for at most M base ids: no suffix longer than
+  // M * max_length fits, and an encode stops once the ids it emitted plus the fewest that can
+  // cover the rest exceed max_length.
+  const size_t max_len = static_cast<size_t>(config.max_subtokens);
+  const size_t shortest = n - max_length;  // max_length base ids always fit
+  const size_t longest = max_length > n / max_len ? n : max_len * max_length;
+  for (size_t start = n - longest; start < shortest; ++start) {
+    const size_t total = n - start;
+    size_t emitted = 0, covered = 0;
+    const bool fits = encode_each(config, ids + start, total, [&](Id, Id length) {
+      ++emitted;
+      covered += static_cast<size_t>(length);
+      return emitted + (total - covered + max_len - 1) / max_len <= max_length;
+    });
+    if (fits) return start;
+  }
+  return shortest;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ struct Config {
 // Compresses base ids into `out` (appended). Throws InvalidIds for ids outside 0 .. V-1.
 void encode(const Config& config, const Id* ids, size_t n, std::vector<Id>& out);
 
+// The smallest start such that ids[start..n) encodes to at most max_length ids: where to cut a
+// sequence so that the most base ids fit. Throws InvalidIds like encode. Compressed length is
+// not monotone in the start, so every start that could fit is tried: about (M - r) * L encodes
+// of r * L ids each for L = max_length and compression ratio r (~0.2 s for L = 2048, M = 4).
+size_t fitting_suffix_start(const Config& config, const Id* ids, size_t n, size_t max_length);
+
 // Open-addressing hash set of codebook entries keyed by their content (up to M base ids).
 // Content keys rather than (prefix code, token) pairs because the fault-tolerant decoder can
 // create entries whose prefixes are not entries themselves.

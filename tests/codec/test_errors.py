@@ -144,3 +144,10 @@ def test_pad_id_is_disabled_like_the_reference():
     codec = LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M, pad_token_id=0)
     assert codec.encode([1, 2, 0, 1, 2]) == [1, 2, 0, 10]
     assert codec.disabled_ids == () and codec.pad_token_id == 0
+
+
+def test_fitting_suffix_start_rejects_what_encode_rejects(codec):
+    with pytest.raises(ValueError, match="id 11 at position 1 is not a base token id"):
+        codec.fitting_suffix_start([1, 11, 2], 1)
+    with pytest.raises(ValueError, match="max_length must be >= 0, got -1"):
+        codec.fitting_suffix_start([1, 2], -1)

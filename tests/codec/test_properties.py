@@ -107,3 +107,14 @@ def test_decoder_buffer_and_known_at_follow_the_reference(data):
         theirs.feed([token])
         assert ours.buffer == theirs._buffer
         assert ours.known_at == tuple(known_at)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.data())
+def test_fitting_suffix_start_keeps_the_most_base_ids_that_fit(data):
+    case = data.draw(cases())
+    ids = data.draw(base_ids(case, max_size=120))
+    max_length = data.draw(st.integers(0, len(ids) + 2))
+    codec = case.ours()
+    fits = [start for start in range(len(ids) + 1) if len(codec.encode(ids[start:])) <= max_length]
+    assert codec.fitting_suffix_start(ids, max_length) == fits[0]

@@ -6,6 +6,8 @@ import copy
 import pickle
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.vllm.helpers import repeated_words
 
@@ -91,6 +93,24 @@ def test_left_truncation_reencodes_the_longest_tail_that_fits(tiny_export):
     # One more base id would not fit in 7 ids.
     assert len(tokenizer.codec.encode(base_ids[-len(kept) - 1 :])) > 7
     assert tokenizer.truncate(tokenizer.encode(TEXT), max_length=7) == ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    # Few distinct ids: long entries, and compressed lengths that jump as an end grows.
+    base_ids=st.lists(
+        st.one_of(st.integers(1, 2), st.integers(1, 2), st.integers(1, V - 1)), min_size=8, max_size=60
+    ),
+    max_length=st.integers(1, 20),
+)
+# The compressed length of an end is not monotone in its length: here the last 6 base ids
+# compress to 5 ids and the last 7 to 4; bisecting on it kept 5 base ids where 7 fit.
+@example(base_ids=[1, 1, 1, 1, 1, 1, 2, 1, 1, 2], max_length=4)
+def test_left_truncation_keeps_the_most_base_ids_that_fit(tokenizer, base_ids, max_length):
+    codec = tokenizer.codec
+    kept = codec.decode(tokenizer.truncate(codec.encode(base_ids), max_length=max_length, side="left"))
+    most = max(k for k in range(len(base_ids) + 1) if len(codec.encode(base_ids[len(base_ids) - k :])) <= max_length)
+    assert kept == base_ids[len(base_ids) - most :]
 
 
 def test_truncate_compressed_ids(tokenizer):

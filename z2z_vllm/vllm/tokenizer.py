@@ -231,16 +231,8 @@ class Zip2ZipTokenizer(TokenizerLike):
         compressed on its own: the kept ids must not name hypertokens defined in the cut start."""
         if max_length <= 0:
             return []
-        # A tail of max_length base ids always fits; compressed length grows with the tail (up
-        # to small LZW irregularities), so bisect between that and the whole sequence.
-        fits_from, too_long_from = max(len(base_ids) - max_length, 0), -1
-        while fits_from - too_long_from > 1:
-            start = (fits_from + too_long_from) // 2
-            if len(self.codec.encode(base_ids[start:])) <= max_length:
-                fits_from = start
-            else:
-                too_long_from = start
-        return self.codec.encode(base_ids[fits_from:])
+        # Not a bisection: the compressed length of an end is not monotone in its length.
+        return self.codec.encode(base_ids[self.codec.fitting_suffix_start(base_ids, max_length) :])
 
     # -- decoding -----------------------------------------------------------------------------
 
