@@ -7,7 +7,6 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -217,22 +216,17 @@ size_t default_threads(size_t sequences, size_t total_ids) {
   return std::max<size_t>(1, std::min({cores, sequences, by_work}));
 }
 
-// Runs fn(i) for i < n on `threads` threads; rethrows the error of the lowest failing index.
+// Runs fn(i) for i < n on `threads` threads; rethrows the error of the lowest failing index
+// (a codec error naming its sequence).
 template <class Fn>
 void parallel_for(size_t n, size_t threads, Fn fn) {
-  std::vector<std::string> errors(n);
-  std::atomic<bool> failed{false};
   z2z::WorkerPool::instance().run(n, threads, [&](size_t i) {
     try {
       fn(i);
     } catch (const z2z::InvalidIds& e) {
-      errors[i] = e.what();
-      failed = true;
+      throw z2z::InvalidIds("sequence " + std::to_string(i) + ": " + e.what());
     }
   });
-  if (failed)
-    for (size_t i = 0; i < n; ++i)
-      if (!errors[i].empty()) throw z2z::InvalidIds("sequence " + std::to_string(i) + ": " + errors[i]);
 }
 
 size_t thread_count(const py::object& num_threads, size_t sequences, size_t total_ids) {

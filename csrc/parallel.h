@@ -8,9 +8,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace z2z {
@@ -28,7 +30,10 @@ class WorkerPool {
   }
 
   // Runs fn(i) for every i < n on `threads` threads, the caller's included; returns when all are
-  // done. fn must not throw. Calls from several threads at once run one after another.
+  // done. If fn throws, no index after the failing one is started, and the exception of the
+  // lowest failing index is rethrown here once every thread has left fn (fn and what it
+  // references live on the caller's stack). Calls from several threads at once run one after
+  // another.
   void run(size_t n, size_t threads, const std::function<void(size_t)>& fn) {
     threads = std::min(threads, n);
     if (threads <= 1) {
@@ -48,6 +53,8 @@ class WorkerPool {
       next_ = 0;
       helpers_wanted_ = helpers;
       helpers_done_ = 0;
+      error_ = nullptr;
+      error_index_ = n;
       ++generation_;
     }
     wake_.notify_all();
@@ -55,13 +62,27 @@ class WorkerPool {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return helpers_done_ == helpers_wanted_; });
     job_ = nullptr;
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
 
  private:
   WorkerPool() : owner_pid_(getpid()) {}
 
+  // Never throws: an exception of fn is kept for run() to rethrow (one escaping a helper thread
+  // would terminate the process).
   void drain() {
-    for (size_t i; (i = next_.fetch_add(1)) < size_;) (*job_)(i);
+    for (size_t i; (i = next_.fetch_add(1)) < size_;) {
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        next_ = size_;  // indices are handed out in order: every lower one has started already
+        if (i < error_index_) {
+          error_index_ = i;
+          error_ = std::current_exception();
+        }
+      }
+    }
   }
 
   void work(size_t index) {
@@ -89,6 +110,8 @@ class WorkerPool {
   size_t helpers_wanted_ = 0;
   size_t helpers_done_ = 0;
   size_t generation_ = 0;
+  std::exception_ptr error_;  // of the lowest failing index, error_index_
+  size_t error_index_ = 0;
 };
 
 }  // namespace z2z

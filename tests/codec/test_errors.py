@@ -6,6 +6,9 @@ several of these; we diverge from it on purpose, only on invalid input.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from z2z_vllm.codec import LZWCodec
@@ -151,3 +154,32 @@ def test_fitting_suffix_start_rejects_what_encode_rejects(codec):
         codec.fitting_suffix_start([1, 11, 2], 1)
     with pytest.raises(ValueError, match="max_length must be >= 0, got -1"):
         codec.fitting_suffix_start([1, 2], -1)
+
+
+# Run in a child with its address space capped: each KwKwK id defines an entry one base id
+# longer than the last, so decoding 200,000 of them needs ~80 GB and the allocator fails in
+# whichever worker thread holds the longest sequences.
+_OUT_OF_MEMORY_IN_WORKERS = """
+import resource
+from z2z_vllm.codec import LZWCodec
+with open("/proc/self/status") as status:
+    in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (in_use + (1 << 30), in_use + (1 << 30)))
+n = 200_000
+codec = LZWCodec(initial_vocab_size=2, max_codebook_size=n, max_subtokens=n)
+stream = [1] + list(range(2, n + 2))
+try:
+    codec.decode_batch([[1, 0], [0, 1], stream, stream], num_threads=4)
+except MemoryError:
+    print("MemoryError")
+print(codec.decode_batch([[1, 0], [1, 2]], num_threads=2))  # the pool still works
+"""
+
+
+def test_out_of_memory_in_a_worker_thread_is_a_memory_error():
+    # An exception other than a codec error escaped the worker thread and ended the process.
+    child = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MEMORY_IN_WORKERS], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split("\n")[:2] == ["MemoryError", "[[1, 0], [1, 1, 1]]"]
