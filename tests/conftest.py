@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +16,17 @@ if importlib.util.find_spec("torch") is not None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    """Tests never write to the user's Hugging Face cache, where `z2z build-model` and
+    `z2z export --name` register model names (z2z_vllm.model_names): the session gets its own,
+    which subprocesses inherit through the environment."""
+    cache = tempfile.mkdtemp(prefix="z2z-tests-hf-hub-")
+    os.environ["HF_HUB_CACHE"] = cache
+    if "huggingface_hub.constants" in sys.modules:  # read at import: imported already, set it too
+        sys.modules["huggingface_hub.constants"].HF_HUB_CACHE = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@
     cat notes.txt | z2z compress - --tokenizer /path/to/hf_tokenizer_dir --no-color
     python -m z2z_vllm.cli compress --sample        # the same without the installed script
     z2z import-reference their_ckpt/ ours/ --base base_model_dir/   # authors' checkpoint -> ours
-    z2z export ours/ servable/                      # LoRA merged; then: vllm serve servable/
-    z2z init smollm2-135m servable/                 # untrained hyper-encoders, servable as is
-    z2z build-model                                 # models/z2z-smollm2-135m from the shipped weights
+    z2z export ours/ servable/ --name z2z-mine      # LoRA merged; then: vllm serve z2z-mine
+    z2z init smollm2-135m servable/                 # untrained hyper-encoders; vllm serve servable/
+    z2z build-model                                 # models/z2z-smollm2-135m from the shipped weights,
+                                                    # registered: vllm serve z2z-smollm2-135m
+    z2z list                                        # the z2z model names this machine knows
     z2z pack runs/x/checkpoint-600 z2z_vllm/weights/z2z-smollm2-135m   # checkpoint -> shipped weights
 
 Adding a verb: write the verb as a function ``verb(args) -> exit code``, and a
@@ -278,6 +280,48 @@ def _add_compress_parser(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# list
+
+
+def list_models(args: argparse.Namespace) -> int:
+    """List the z2z model names registered on this machine (by `z2z build-model`, or
+    `z2z export` / `z2z init` with --name): what `vllm serve NAME` accepts from any folder."""
+    from z2z_vllm.model_names import hub_cache_dir, registered_models
+
+    models = registered_models()
+    if not models:
+        print(f"no z2z models registered in {hub_cache_dir()}: run `z2z build-model`")
+        return 0
+    rows = [("NAME", "BASE", "V", "C", "M", "SIZE", "FOLDER")]
+    for model in models:
+        if not model.present:
+            rows.append((model.name, "?", "?", "?", "?", "?", f"{model.folder} (missing: rebuild or register again)"))
+            continue
+        rows.append((
+            model.name,
+            f"{model.base_architecture} {_parameter_count(model.base_parameters)}",
+            f"{model.initial_vocab_size:,}",
+            f"{model.max_codebook_size:,}",
+            str(model.max_subtokens),
+            f"{model.size_bytes / 1e6:,.1f} MB",
+            str(model.folder),
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]))
+    return 0
+
+
+def _parameter_count(count: int) -> str:
+    return f"{count / 1e6:,.0f}M" if count >= 1_000_000 else f"{count:,}"
+
+
+def _add_list_parser(subparsers) -> None:
+    parser = subparsers.add_parser("list", help="list the z2z model names vLLM can serve here", description=list_models.__doc__)
+    parser.set_defaults(handler=list_models)
+
+
+# ---------------------------------------------------------------------------------------------
 # export, import-reference (checkpoints)
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -291,15 +335,43 @@ def _checkpoint_errors(action):
         raise CLIError(str(error)) from None
 
 
+def _check_name(name: str | None) -> None:
+    """Refuses a bad ``--name`` before any work is done."""
+    from z2z_vllm.model_names import check_name
+
+    if name is not None:
+        _checkpoint_errors(lambda: check_name(name))
+
+
+def _served_as(folder: Path, name: str | None) -> str:
+    """Registers ``folder`` as ``name`` when one is given (z2z_vllm.model_names); returns what to
+    pass to `vllm serve`."""
+    from z2z_vllm.model_names import register_model
+
+    if name is None:
+        return str(folder)
+    _checkpoint_errors(lambda: register_model(folder, name))
+    return name
+
+
+def _add_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name", metavar="NAME",
+        help="also register the folder under this model name (a Hugging Face cache entry, no copy), so that "
+        "`vllm serve NAME` and LLM(model=NAME) find it from any folder, offline",
+    )  # fmt: skip
+
+
 def export(args: argparse.Namespace) -> int:
     """Write a vLLM-servable folder (LoRA merged, hyper-encoders, tokenizer, config.json) from a
     training checkpoint."""
     from z2z_vllm.training.checkpoints import export_for_serving
 
+    _check_name(args.name)
     dst = _checkpoint_errors(
         lambda: export_for_serving(args.src, args.dst, base_model=args.base, dtype=args.dtype)
     )
-    print(f"exported {args.src} -> {dst} (serve with: vllm serve {dst})")
+    print(f"exported {args.src} -> {dst} (serve with: vllm serve {_served_as(dst, args.name)})")
     return 0
 
 
@@ -309,6 +381,7 @@ def _add_export_parser(subparsers) -> None:
     parser.add_argument("dst", metavar="DST", help="output folder (must not exist or be empty)")
     parser.add_argument("--base", metavar="BASE", help="base model folder or name (default: the checkpoint's)")
     parser.add_argument("--dtype", choices=_DTYPES, help="load and write the weights in this dtype (default: as stored)")
+    _add_name_argument(parser)
     parser.set_defaults(handler=export)
 
 
@@ -323,6 +396,8 @@ def init(args: argparse.Namespace) -> int:
     from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
     from z2z_vllm.training.checkpoints import export_for_serving, save_checkpoint
     from z2z_vllm.training.trainer import resolve_base_model
+
+    _check_name(args.name)
 
     def build():
         base_dir = resolve_base_model(args.base)
@@ -340,7 +415,7 @@ def init(args: argparse.Namespace) -> int:
             return export_for_serving(checkpoint, args.dst, base_model=base_dir, dtype=args.dtype)
 
     dst = _checkpoint_errors(build)
-    print(f"initialised {args.base} -> {dst} (serve with: vllm serve {dst})")
+    print(f"initialised {args.base} -> {dst} (serve with: vllm serve {_served_as(dst, args.name)})")
     return 0
 
 
@@ -358,17 +433,21 @@ def _add_init_parser(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--protect-digits", action="store_true", help="never merge tokens containing digits")
     parser.add_argument("--dtype", choices=_DTYPES, default="bfloat16", help="weights dtype (default bfloat16)")
+    _add_name_argument(parser)
     parser.set_defaults(handler=init)
 
 
 def build_model(args: argparse.Namespace) -> int:
     """Write the plain base folder and the servable z2z model built from the weights this package
-    ships (LoRA merged into the base, hyper-encoders); folders already up to date are kept."""
+    ships (LoRA merged into the base, hyper-encoders), and register the z2z model under its name
+    (the weights folder's: z2z-smollm2-135m) so that `vllm serve NAME` finds it from any folder;
+    folders already up to date are kept."""
     from z2z_vllm.weights import build_model as build
 
     built = _checkpoint_errors(lambda: build(args.out_dir, weights=args.weights, dtype=args.dtype))
     state = "built" if built.rebuilt else "up to date"
-    print(f"{state}: {built.plain} (plain base), {built.z2z} (serve with: vllm serve {built.z2z})")
+    name = _served_as(built.z2z, built.z2z.name)
+    print(f"{state}: {built.plain} (plain base), {built.z2z} as {name} (serve with: vllm serve {name})")
     return 0
 
 
@@ -513,6 +592,7 @@ _VERB_PARSERS = (
     _add_compress_parser,
     _add_init_parser,
     _add_build_model_parser,
+    _add_list_parser,
     _add_export_parser,
     _add_pack_parser,
     _add_import_reference_parser,
