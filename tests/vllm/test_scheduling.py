@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.vllm.helpers import greedy, make_llm, reference_generation
+from tests.vllm.helpers import MAX_TOKENS, greedy, make_llm, reference_generation
 
 
 def test_prefix_caching_gives_the_same_tokens(tiny_export, codec):
@@ -74,5 +74,50 @@ def test_device_codebooks_give_the_same_tokens(tiny_export, prompts, reference, 
         assert slots.device_codebooks
         assert greedy(engine, prompts) == reference
         assert slots._device_position.max() > 0, "decode steps ran on the device path"
+    finally:
+        engine.llm_engine.engine_core.shutdown()
+
+
+def test_slot_takeover_gives_the_same_tokens(tiny_export, prompts, reference):
+    """A request whose codebook slot was taken while it waited replays its codebook when it runs
+    again. Slots are taken only when all are held: here the running requests are preempted
+    (reset_prefix_cache with reset_running_requests) and keep their slots, and requests of a
+    higher priority, arriving then, are scheduled before them."""
+    from vllm import SamplingParams, TokensPrompt
+
+    engine = make_llm(tiny_export, max_num_seqs=3, scheduling_policy="priority", enable_prefix_caching=False)
+    try:
+        slots = engine.llm_engine.model_executor.driver_worker.worker.model_runner.model.hyper_slots
+        takeovers: list[str] = []
+        evict_idle = slots._evict_idle
+
+        def counted_evict_idle(req_id: str) -> int:
+            takeovers.append(req_id)
+            return evict_idle(req_id)
+
+        slots._evict_idle = counted_evict_idle
+        params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+        outputs: dict[str, list[int]] = {}
+
+        def add(indices: range, priority: int) -> None:
+            for i in indices:
+                prompt = TokensPrompt(prompt_token_ids=prompts[i])
+                engine.llm_engine.add_request(str(i), prompt, params, priority=priority)
+
+        def step() -> None:
+            for output in engine.llm_engine.step():
+                if output.finished:
+                    outputs[output.request_id] = list(output.outputs[0].token_ids)
+
+        add(range(3), priority=1)
+        for _ in range(3):  # prefill and two decode steps
+            step()
+        assert engine.reset_prefix_cache(reset_running_requests=True)
+        add(range(3, len(prompts)), priority=0)
+        while engine.llm_engine.has_unfinished_requests():
+            step()
+        assert [outputs[str(i)] for i in range(len(prompts))] == reference
+        # The runner's request ids are the engine's with a suffix.
+        assert {req_id.split("-")[0] for req_id in takeovers} >= {"3", "4", "5"}, takeovers
     finally:
         engine.llm_engine.engine_core.shutdown()
