@@ -162,6 +162,36 @@ def test_idle_slots_are_taken_over_and_replayed_later(model):
         slots.begin_step([request(name, a, 0, 5) for name in ("x", "y", "z")])
 
 
+@torch.no_grad()
+def test_rows_are_encoded_anew_after_a_weight_change():
+    """Weights reloaded in place (load_weights, reload_weights): rows cached by content and each
+    request's rows were encoded with the old weights."""
+    model = tiny_model("llama", seed=0)  # its own: its weights change below
+    tokens = stream(model, seed=14)
+    split = next(p for p in range(30, len(tokens)) if tokens[p] >= V)  # a hypertoken read next
+    slots, stale = make_slots(model), make_slots(model)
+    for before in (slots, stale):
+        before.begin_step([request("a", tokens, 0, split)])
+        before.logits(torch.randn(1, H), torch.randn(1, V))
+    randomize_(model.output_encoder, seed=21)
+    randomize_(model.input_encoder, seed=22)
+
+    def after_split(slots: HyperSlots) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding and logits of the decode step that reads tokens[split]."""
+        slots.begin_step([request("a", tokens[: split + 1], split, split + 1)])
+        embeds = slots.embed(torch.tensor(tokens[split : split + 1]), lambda ids: model.input_table()[ids])
+        return embeds, slots.logits(hidden, base)
+
+    hidden, base = torch.randn(1, H), torch.randn(1, V)
+    fresh = make_slots(model)
+    fresh.begin_step([request("a", tokens, 0, split)])
+    expected = after_split(fresh)
+    assert not torch.allclose(after_split(stale)[1], expected[1]), "rows encoded before the change differ"
+    slots.invalidate_rows()
+    for got, want in zip(after_split(slots), expected):
+        torch.testing.assert_close(got, want)
+
+
 def test_logits_rows_must_match_the_scheduled_requests(model):
     slots = make_slots(model)
     tokens = stream(model, seed=10)

@@ -96,6 +96,12 @@ class RowCache:
             self._insert(missing[-len(self._keys) :], encoded[-len(self._keys) :])
         return out
 
+    def clear(self) -> None:
+        """Forgets every row (the encoder's weights changed)."""
+        self._index.clear()
+        self._keys = [None] * len(self._keys)
+        self._next = 0
+
     def _insert(self, keys: list[tuple[int, ...]], rows: torch.Tensor) -> None:
         positions = []
         for key in keys:
@@ -204,6 +210,16 @@ class HyperSlots:
         slot = self._slot_of.pop(req_id, None)
         if slot is not None:
             self._free.append(slot)
+
+    def invalidate_rows(self) -> None:
+        """Drops every hyper row encoded so far, for when the encoders' or the base model's
+        weights change (``load_weights``, vLLM's ``reload_weights``): the row caches empty, and
+        each request keeps its slot but replays its codebook at its next step, encoding its rows
+        with the new weights."""
+        self.input_cache.clear()
+        self.output_cache.clear()
+        for slot in range(self.num_slots):
+            self._reset(slot)
 
     def _reset(self, slot: int) -> None:
         self._device_position[slot] = -1
