@@ -141,6 +141,14 @@ def test_truncating_an_invalid_prompt_is_refused(renderer):
         renderer.render_cmpl([{"prompt_token_ids": [1, 2, 60, 3, 4, 5]}], params)
 
 
+def test_text_beyond_the_base_character_bound_is_refused_before_tokenizing(renderer, tokenizer):
+    # vLLM's bound for a plain model: max_model_len times the longest base token's characters.
+    bound = MAX_MODEL_LEN * tokenizer.max_chars_per_token
+    text = " ".join(f"t{(i * i) % 47 + 1}" for i in range(bound // 3 + 1))[: bound + 1]
+    with pytest.raises(VLLMValidationError, match=f"contains {bound + 1} characters"):
+        renderer.render_cmpl([{"prompt": text}], TokenizeParams(max_total_tokens=MAX_MODEL_LEN))
+
+
 def test_needs_a_z2z_tokenizer(vllm_config, tokenizer):
     with pytest.raises(TypeError, match="Zip2ZipTokenizer"):
         Zip2ZipRenderer(vllm_config, tokenizer.base)

@@ -157,9 +157,39 @@ def test_chat_template_renders_with_the_base_template_then_compresses(tokenizer)
     assert encoding["input_ids"] == ids
 
 
-def test_prompt_character_bound_allows_fully_compressed_prompts(tokenizer):
+def test_prompt_character_bound_is_the_base_tokenizers(tokenizer):
     longest_base_token = max(len(token) for token in tokenizer.base.get_vocab())
-    assert tokenizer.max_chars_per_token == M * longest_base_token
+    assert tokenizer.max_chars_per_token == longest_base_token
+
+
+class _RecordingBase:
+    """A base tokenizer that records the texts it tokenizes."""
+
+    def __init__(self, base) -> None:
+        self._base = base
+        self.texts: list[str] = []
+
+    def __call__(self, text, *args, **kwargs):
+        self.texts.extend([text] if isinstance(text, str) else text)
+        return self._base(text, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_tokenizes_only_the_end_it_can_keep(tiny_export, side):
+    tokenizer = Zip2ZipTokenizer.from_pretrained(tiny_export, truncation_side=side)
+    recording = Zip2ZipTokenizer(_RecordingBase(tokenizer.base), tokenizer.config)
+    long_text = " ".join(f"t{(i * i) % 7 + 1}" for i in range(20_000))  # 60,000 characters
+    expected = tokenizer.truncate(tokenizer.encode(long_text), max_length=7)
+    assert recording(long_text, truncation=True, max_length=7)["input_ids"] == expected
+    assert recording([long_text, TEXT], truncation=True, max_length=7)["input_ids"] == [
+        expected,
+        tokenizer.truncate(tokenizer.encode(TEXT), max_length=7),
+    ]
+    reach = (M * 7 + 2) * tokenizer.max_chars_per_token
+    assert [len(text) for text in recording.base.texts] == [reach, reach, min(reach, len(TEXT))]
 
 
 def test_pickles_and_copies_with_its_own_codec(tokenizer):

@@ -114,9 +114,13 @@ class Zip2ZipTokenizer(TokenizerLike):
 
     @property
     def max_chars_per_token(self) -> int:
-        # vLLM bounds a prompt's characters by tokens * this before tokenizing it; a hypertoken
-        # stands for up to M base tokens.
-        return self.config.max_subtokens * self._max_base_chars_per_token
+        """The base tokenizer's longest token, as vLLM's bound for a plain model: vLLM refuses
+        (or cuts) a prompt of more than ``max_model_len * this`` characters before tokenizing
+        it. A hypertoken stands for up to M base tokens, so only a text averaging more
+        characters per compressed id than the longest base token (extreme repetition) could fit
+        and still be refused; bounding by M times that would let every request make the server
+        tokenize M times more text."""
+        return self._max_base_chars_per_token
 
     def get_vocab(self) -> dict[str, int]:
         return self._vocab
@@ -151,11 +155,15 @@ class Zip2ZipTokenizer(TokenizerLike):
     ) -> BatchEncoding:
         """Compressed ``input_ids`` (and an all-ones ``attention_mask``) of ``text``, or of each
         text of a list. With ``truncation``, at most ``max_length`` ids (default: the base
-        tokenizer's ``model_max_length``), cut on :attr:`truncation_side` (:meth:`truncate`)."""
-        base_ids = self.base(text, text_pair, add_special_tokens=add_special_tokens)["input_ids"]
+        tokenizer's ``model_max_length``), cut on :attr:`truncation_side` (:meth:`truncate`);
+        then only the end of a long text that can be kept is tokenized."""
         if truncation and max_length is None:
             max_length = self.base.model_max_length
         limit = max_length if truncation else None
+        if limit is not None and text_pair is None:
+            trimmed = [self._text_within_reach(t, limit) for t in ([text] if isinstance(text, str) else text)]
+            text = trimmed[0] if isinstance(text, str) else trimmed
+        base_ids = self.base(text, text_pair, add_special_tokens=add_special_tokens)["input_ids"]
         if isinstance(text, str):
             input_ids = self._encode_base_ids(base_ids, max_length=limit)
             return BatchEncoding({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
@@ -214,6 +222,18 @@ class Zip2ZipTokenizer(TokenizerLike):
         if side == "right":  # a prefix of a compressed stream is a valid stream
             return list(ids[: max(max_length, 0)])
         return self._compressed_end(self.codec.decode(ids), max_length=max_length)
+
+    def _text_within_reach(self, text: str, max_length: int) -> str:
+        """The end of ``text`` (on :attr:`truncation_side`) that truncation to ``max_length``
+        compressed ids can keep, so that a long text is not tokenized and compressed whole. The
+        kept ids come from at most M * max_length + 1 base tokens (one more decides where the
+        last one ends), each of at most the longest base token's characters; one token more
+        leaves the token the cut splits outside them. (Tokenizers that merge across a whole
+        word can still differ near the cut, as after vLLM's own character pre-trim.)"""
+        reach = (self.config.max_subtokens * max(max_length, 0) + 2) * self._max_base_chars_per_token
+        if len(text) <= reach:
+            return text
+        return text[-reach:] if self.truncation_side == "left" else text[:reach]
 
     def _encode_base_ids(self, base_ids: list[int], *, max_length: int | None = None) -> list[int]:
         try:
