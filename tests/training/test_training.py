@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from tests.modeling.helpers import SPECIAL, V, base_stream
 from tests.training.checkpoint_helpers import tiny_base_folder
@@ -310,3 +311,51 @@ def test_cli_train_then_eval_bpb(base_dir, texts, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "upper bound" in out and "ratio z2z/base" in out
     assert main(["train", "--config", str(config), "--set", "no_such_key=1"]) == 2
+
+
+def test_distillation_terms_train_and_are_logged(base_dir, texts, tmp_path):
+    # Distillation alone (no CLM): the random tiny teacher is far from the training text.
+    cfg = tiny_config(base_dir, texts, tmp_path, max_steps=8, lr=3e-3, lora_dropout=0.0, clm_weight=0.0,
+                      distill_folded_weight=1.0, distill_expansion_weight=1.0, reconstruction_samples=4)
+    state = train(cfg)
+    records = [r for r in state.log_history if "folded_kl" in r]
+    assert len(records) == cfg.max_steps
+    assert all(r["folded_kl"] >= 0 and r["expansion_kl"] >= 0 for r in records)
+    assert np.mean([r["folded_kl"] for r in records[-3:]]) < np.mean([r["folded_kl"] for r in records[:3]])
+
+
+def test_init_from_starts_where_a_run_ended(base_dir, texts, tmp_path):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from z2z_vllm.training.trainer import _load_weights
+
+    first = tiny_config(base_dir, texts, tmp_path / "first", max_steps=3)
+    train(first)
+    checkpoint = latest_checkpoint(first.output_dir)
+    second = tiny_config(base_dir, texts, tmp_path / "second", max_steps=1, init_from=str(checkpoint))
+    model = build_model(second, tokenizer=load_text_tokenizer(base_dir))
+    _load_weights(checkpoint, model, fresh_reconstruction=True)
+    saved_hyper = load_file(str(checkpoint / "z2z_encoders.safetensors"))
+    for name, tensor in model.hyper_state_dict().items():
+        assert torch.equal(tensor, saved_hyper[name]) != name.startswith("reconstruction."), name
+    saved_lora = load_file(str(checkpoint / "adapter_model.safetensors"))
+    loaded_lora = get_peft_model_state_dict(model.base_model)
+    assert saved_lora.keys() == loaded_lora.keys()
+    assert all(torch.equal(saved_lora[k], loaded_lora[k]) for k in saved_lora)
+    state = train(second)
+    assert state.log_history[0]["initialised_from"] == str(checkpoint)
+    other_codec = tiny_config(base_dir, texts, tmp_path / "third", max_steps=1, max_subtokens=2,
+                              init_from=str(checkpoint))
+    with pytest.raises(ValueError, match="another codec"):
+        train(other_codec)
+
+
+def test_bf16_setting_resolves_to_a_bool():
+    from z2z_vllm.training.trainer import use_bf16
+
+    cpu = torch.device("cpu")
+    assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+    assert use_bf16("auto", cpu) in (True, False)
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(train_files=["x"], bf16="yes")

@@ -330,6 +330,7 @@ class Zip2ZipForCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         codebooks: CodebookBatch | None = None,
+        reconstruction_samples: int | None = None,
     ) -> Zip2ZipOutput:
         """Scores compressed sequences ``input_ids`` [B, T] (padding left or right, marked 0 in
         ``attention_mask``; pad columns may hold any id).
@@ -337,6 +338,9 @@ class Zip2ZipForCausalLM(nn.Module):
         ``codebooks``: the sequences' :class:`CodebookBatch` over their unpadded ids (built here
         with the codec when None). ``labels`` [B, T]: usually ``input_ids``; shifted inside, -100
         and padded positions ignored. Returns logits [B, T, V + C] and, with labels, the losses.
+        ``reconstruction_samples``: score the reconstruction loss on at most this many of the
+        batch's distinct entries, drawn at random (an unbiased estimate of the mean at a fraction
+        of its cost: each entry is M rows of logits over V).
         """
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if codebooks is None:
@@ -377,19 +381,23 @@ class Zip2ZipForCausalLM(nn.Module):
         reconstruction_loss = None
         loss = clm_loss
         if self.reconstruction is not None:
-            reconstruction_loss = self.reconstruction_loss(unique, input_unique)
+            reconstruction_loss = self.reconstruction_loss(unique, input_unique, samples=reconstruction_samples)
             loss = clm_loss + self.config.reconstruction_weight * reconstruction_loss
         return Zip2ZipOutput(
             logits=logits, loss=loss, clm_loss=clm_loss, reconstruction_loss=reconstruction_loss
         )
 
-    def reconstruction_loss(self, subtoken_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def reconstruction_loss(self, subtoken_ids: torch.Tensor, rows: torch.Tensor, *,
+                            samples: int | None = None) -> torch.Tensor:
         """Mean cross-entropy of predicting each entry's real subtokens from its embedding.
 
-        ``subtoken_ids`` [N, W] (-1 padded; all-pad rows are skipped), ``rows`` [N, H]."""
-        real = subtoken_ids[:, 0] >= 0
-        if not real.any():
+        ``subtoken_ids`` [N, W] (-1 padded; all-pad rows are skipped), ``rows`` [N, H];
+        ``samples``: over at most that many entries drawn uniformly (torch's global RNG)."""
+        real = (subtoken_ids[:, 0] >= 0).nonzero().squeeze(1)
+        if not len(real):
             return rows.sum() * 0.0  # a batch without entries: zero, still connected to the graph
+        if samples is not None and len(real) > samples:
+            real = real[torch.randperm(len(real), device=real.device)[:samples]]
         table = self.input_table()[: self.initial_vocab_size]
         logits = self.reconstruction(rows[real], table)[:, : subtoken_ids.shape[1]]
         return F.cross_entropy(logits.flatten(0, 1).float(), subtoken_ids[real].flatten(), ignore_index=-1)

@@ -28,6 +28,9 @@ class TrainConfig:
     # Base model: a name of ``z2z_vllm.data.models`` (e.g. "smollm2-135m") or an HF folder.
     base_model: str = "smollm2-135m"
     tokenizer: str | None = None  # a tokenizer name or folder; None: the base model's folder
+    # Start LoRA and hyper-encoders from a checkpoint or packed weights folder (`z2z pack`) instead
+    # of fresh ones; a reconstruction head it lacks starts fresh. Only at step 0 (resume wins).
+    init_from: str | None = None
     # Data: local UTF-8 files (one document each) and/or corpus domains of z2z_vllm.data.
     train_files: list[str] = field(default_factory=list)
     eval_files: list[str] = field(default_factory=list)
@@ -45,6 +48,12 @@ class TrainConfig:
     encoder: dict[str, Any] = field(default_factory=dict)  # EncoderConfig fields
     tie_encoders: bool = False
     reconstruction_weight: float = 0.1
+    reconstruction_samples: int | None = None  # entries scored per micro-batch (None: all)
+    # Loss = clm_weight * CLM + reconstruction_weight * reconstruction + the distillation terms
+    # (training.distill; each weight 0 turns its term, and the teacher forward, off).
+    clm_weight: float = 1.0
+    distill_folded_weight: float = 0.0
+    distill_expansion_weight: float = 0.0
     # LoRA on the base model; the hyper-encoders are fully trained.
     lora_r: int = 16
     lora_alpha: int = 32
@@ -59,7 +68,9 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    bf16: bool = False  # bfloat16 autocast (weights stay float32)
+    # bfloat16 autocast (weights stay float32); "auto": where this device multiplies bf16 faster
+    # than float32 (CPUs without AMX / AVX512-BF16 emulate it up to ~100x slower).
+    bf16: bool | str = False
     device: str | None = None  # None: "cuda" when available, else "cpu"
     num_threads: int | None = None  # torch threads; None: torch's default
     seed: int = 0
@@ -77,6 +88,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or auto, got {self.bf16!r}")
         self._check_domains()
         if not (self.train_files or self.domains):
             raise ValueError("no training data: set train_files or domains")

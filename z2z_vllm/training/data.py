@@ -232,22 +232,33 @@ class Collator:
     batch's ``CodebookBatch``, built here so DataLoader workers do it) or, without a codec, for a
     plain causal LM."""
 
-    def __init__(self, *, codec: LZWCodec | None = None, pad_id: int = 0):
+    def __init__(self, *, codec: LZWCodec | None = None, pad_id: int = 0, base_ids: bool = False):
+        if base_ids and codec is None:
+            raise ValueError("base_ids needs a codec to decompress the windows")
         self.codec = codec
         self.pad_id = pad_id
+        self.base_ids = base_ids  # also the windows' base ids, for a teacher that reads them
 
     def __call__(self, windows: Sequence[np.ndarray]) -> dict[str, Any]:
-        width = max(len(w) for w in windows)
-        input_ids = torch.full((len(windows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(len(windows), width, dtype=torch.long)
-        for row, window in enumerate(windows):
-            input_ids[row, : len(window)] = torch.from_numpy(np.asarray(window, dtype=np.int64))
-            attention_mask[row, : len(window)] = 1
+        input_ids, attention_mask = self._pad(windows)
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if self.codec is not None:
             batch["codebooks"] = CodebookBatch.from_sequences(self.codec, list(windows))
+        if self.base_ids:
+            decoded = self.codec.decode_batch([np.asarray(w) for w in windows], as_numpy=True)
+            batch["base_ids"], batch["base_attention_mask"] = self._pad(decoded)
         return batch
+
+    def _pad(self, rows: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids [B, max length] and their attention mask."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.from_numpy(np.asarray(row, dtype=np.int64))
+            mask[i, : len(row)] = 1
+        return ids, mask
 
 
 def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from z2z_vllm.training.data import (
     load_documents,
     load_text_tokenizer,
 )
+from z2z_vllm.training.distill import distillation_losses, teacher_log_probs
 
 __all__ = [
     "TRAIN_CONFIG_FILE",
@@ -189,7 +190,56 @@ def _batch_indices(micro_step: int, *, num_sequences: int, batch_size: int, seed
     return order[index * batch_size : (index + 1) * batch_size].tolist()
 
 
+# -- loss ---------------------------------------------------------------------------------------
+
+
+def distills(cfg: TrainConfig) -> bool:
+    return bool(cfg.distill_folded_weight or cfg.distill_expansion_weight)
+
+
+def training_losses(model: Zip2ZipForCausalLM, batch: dict[str, Any], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one micro-batch (unweighted, for the log) and ``"loss"``, their weighted
+    sum. With distillation the batch carries the windows' base ids (``Collator(base_ids=True)``)
+    and the teacher is the same base model with its LoRA adapter switched off."""
+    base_ids, base_mask = batch.pop("base_ids", None), batch.pop("base_attention_mask", None)
+    out = model(**batch, reconstruction_samples=cfg.reconstruction_samples)
+    terms = {"clm_loss": out.clm_loss}
+    loss = cfg.clm_weight * out.clm_loss
+    if out.reconstruction_loss is not None:
+        terms["reconstruction_loss"] = out.reconstruction_loss
+        loss = loss + cfg.reconstruction_weight * out.reconstruction_loss
+    if base_ids is not None:
+        V = model.initial_vocab_size
+        with model.base_model.disable_adapter():
+            teacher = teacher_log_probs(model.base_model, base_ids, base_mask, initial_vocab_size=V)
+        kd = distillation_losses(out.logits, batch["input_ids"], batch["attention_mask"], batch["codebooks"],
+                                 teacher, base_ids, initial_vocab_size=V)
+        terms.update(folded_kl=kd.folded_kl, expansion_kl=kd.expansion_kl)
+        loss = loss + cfg.distill_folded_weight * kd.folded_kl + cfg.distill_expansion_weight * kd.expansion_kl
+    terms["loss"] = loss
+    return terms
+
+
 # -- loop ---------------------------------------------------------------------------------------
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Resolves ``TrainConfig.bf16``: "auto" times one float32 and one bfloat16 matmul of the
+    model's shape on ``device`` and takes bf16 when it is clearly faster."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+
+    def seconds(dtype: torch.dtype) -> float:
+        a, b = torch.randn(64, 576, dtype=dtype, device=device), torch.randn(576, 576, dtype=dtype, device=device)
+        a @ b  # warm-up: kernel selection
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        return time.perf_counter() - start
+
+    return seconds(torch.bfloat16) < 0.75 * seconds(torch.float32)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -227,12 +277,29 @@ def _save_checkpoint(model, optimizer, scheduler, state: TrainState, cfg: TrainC
     return final
 
 
-def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> TrainState:
+def _load_weights(folder: Path, model: Zip2ZipForCausalLM, *, fresh_reconstruction: bool = False) -> None:
+    """LoRA adapter and hyper weights of a checkpoint (or, with ``fresh_reconstruction``, of packed
+    weights, which carry no reconstruction head: the model's own stays)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model.base_model, load_file(str(checkpoint / "adapter_model.safetensors")))
-    model.load_hyper_state_dict(load_file(str(checkpoint / WEIGHTS_FILE)))
+    codec_keys = ("initial_vocab_size", "max_codebook_size", "max_subtokens", "disabled_ids")
+    saved = json.loads((folder / CONFIG_FILE).read_text())
+    expected = model.config.to_dict()
+    if mismatched := [key for key in codec_keys if saved.get(key) != expected.get(key)]:
+        raise ValueError(f"{folder} was trained with another codec: {', '.join(mismatched)} differ")
+    set_peft_model_state_dict(model.base_model, load_file(str(folder / "adapter_model.safetensors")))
+    hyper = load_file(str(folder / WEIGHTS_FILE))
+    if fresh_reconstruction:
+        def head(weights: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+            return {name: t for name, t in weights.items() if name.startswith("reconstruction.") == keep}
+
+        hyper = {**head(hyper, False), **head(model.hyper_state_dict(), True)}
+    model.load_hyper_state_dict(hyper)
+
+
+def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> TrainState:
+    _load_weights(checkpoint, model)
     saved = torch.load(checkpoint / TRAINER_STATE_FILE, weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -270,12 +337,12 @@ def evaluate_loss(model, dataset: CompressedDataset, *, collator: Collator, batc
 
 
 def _evaluate_sources(model, eval_sets: dict[str, CompressedDataset], *, collator: Collator,
-                      cfg: TrainConfig) -> dict[str, float]:
+                      cfg: TrainConfig, bf16: bool) -> dict[str, float]:
     """``eval_clm_loss/<source>`` per held-out source, and ``eval_clm_loss`` /
     ``eval_reconstruction_loss`` as plain means over the sources (each source weighs the same)."""
     per_source = {
         name: evaluate_loss(model, data, collator=collator, batch_size=cfg.batch_size,
-                            max_sequences=cfg.eval_max_sequences, bf16=cfg.bf16)
+                            max_sequences=cfg.eval_max_sequences, bf16=bf16)
         for name, data in eval_sets.items()
     }
     result = {}
@@ -322,9 +389,11 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     model = build_model(cfg, tokenizer=tokenizer)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
+    bf16 = use_bf16(cfg.bf16, device)
     train_sets, eval_sets = _datasets(cfg, model, tokenizer)
     train_data = CompressedDataset.concatenate(list(train_sets.values()))  # shuffled together below
     collator = Collator(codec=model.codec)
+    train_collator = Collator(codec=model.codec, base_ids=distills(cfg))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -333,6 +402,8 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     state = TrainState()
     if checkpoint is not None:
         state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
+    elif cfg.init_from:
+        _load_weights(Path(cfg.init_from), model, fresh_reconstruction=True)
     (output / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     bar = None
@@ -346,23 +417,24 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
         "train_sequences_by_source": {name: len(data) for name, data in train_sets.items()},
         "eval_sequences_by_source": {name: len(data) for name, data in eval_sets.items()},
         "trainable_params": sum(p.numel() for p in trainable),
+        "bf16": bf16,
         "resumed_from": checkpoint.name if checkpoint else None,
+        "initialised_from": None if checkpoint else cfg.init_from,
     }
     _log(header, cfg=cfg, state=state, bar=bar)
     last_stop = stop_at_step if stop_at_step is not None else cfg.max_steps
     session_start, session_elapsed0 = time.monotonic(), state.elapsed_s
     while state.step < min(cfg.max_steps, last_stop):
-        clm, reconstruction = 0.0, 0.0
+        terms: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             indices = _batch_indices(state.step * cfg.grad_accum + micro, num_sequences=len(train_data),
                                      batch_size=cfg.batch_size, seed=cfg.seed)
-            batch = batch_to(collator([train_data[i] for i in indices]), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                out = model(**batch)
-            (out.loss / cfg.grad_accum).backward()
-            clm += out.clm_loss.item() / cfg.grad_accum
-            if out.reconstruction_loss is not None:
-                reconstruction += out.reconstruction_loss.item() / cfg.grad_accum
+            batch = batch_to(train_collator([train_data[i] for i in indices]), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = training_losses(model, batch, cfg)
+            (losses.pop("loss") / cfg.grad_accum).backward()
+            for name, value in losses.items():
+                terms[name] = terms.get(name, 0.0) + value.item() / cfg.grad_accum
             state.compressed_tokens += int(batch["attention_mask"].sum())
             state.base_tokens += sum(train_data.base_tokens[i] for i in indices)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -374,14 +446,14 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
         state.elapsed_s = session_elapsed0 + time.monotonic() - session_start
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(clm=f"{clm:.3f}", rec=f"{reconstruction:.3f}")
+            bar.set_postfix({name.removesuffix("_loss"): f"{value:.3f}" for name, value in terms.items()})
         if state.step % cfg.log_every == 0 or state.step == 1:
-            _log({"step": state.step, "clm_loss": clm, "reconstruction_loss": reconstruction,
+            _log({"step": state.step, **terms,
                   "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
                   "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)},
                  cfg=cfg, state=state, bar=bar)
         if eval_sets and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
-            metrics = _evaluate_sources(model, eval_sets, collator=collator, cfg=cfg)
+            metrics = _evaluate_sources(model, eval_sets, collator=collator, cfg=cfg, bf16=bf16)
             _log({"step": state.step, **metrics}, cfg=cfg, state=state, bar=bar)
         if state.step % cfg.save_every == 0 or state.step in (cfg.max_steps, last_stop):
             _save_checkpoint(model, optimizer, scheduler, state, cfg)
