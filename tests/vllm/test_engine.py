@@ -61,11 +61,60 @@ def test_an_undefined_hypertoken_in_a_prompt_is_refused(llm, prompts, reference,
     assert greedy(llm, prompts[:2]) == reference[:2]  # the engine keeps serving
 
 
-def test_unsupported_request_options_are_refused(llm, prompts):
-    with pytest.raises(VLLMValidationError, match="prompt_logprobs"):
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("prompt_logprobs", 1),
+        ("logit_bias", {1: -100.0}),
+        ("allowed_token_ids", [1, 2]),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", 0.5),
+        ("repetition_penalty", 1.2),
+        ("logprob_token_ids", [1]),
+        ("bad_words", ["t1"]),
+    ],
+)
+def test_options_over_token_ids_are_refused(llm, prompts, option, value):
+    # They would act on compressed ids: a base id also occurs inside hypertokens.
+    with pytest.raises(VLLMValidationError, match=f"z2z models do not support {option}"):
         llm.generate(
-            [TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=4, prompt_logprobs=1), use_tqdm=False
+            [TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=4, **{option: value}), use_tqdm=False
         )
+
+
+def _first_stop_inside_a_hypertoken(codec, prompts, outputs):
+    """(prompt index, index of the output token, base ids before the stop, stop id) of the first
+    base id, in some greedy output, whose first occurrence is inside a hypertoken."""
+    never_merged = set(codec.disabled_ids) | {codec.pad_token_id}
+    for row, (prompt, output) in enumerate(zip(prompts, outputs)):
+        decoder = codec.decoder()
+        decoder.feed(prompt)
+        before: list[int] = []
+        for index, token in enumerate(output):
+            expansion = decoder.decode([token])
+            for offset, base_id in enumerate(expansion):
+                if len(expansion) > 1 and base_id not in before + expansion[:offset] + list(never_merged):
+                    return row, index, before + expansion[:offset], base_id
+            before += expansion
+    raise AssertionError("no base id first occurs inside a hypertoken")
+
+
+@pytest.mark.parametrize("include_stop", [False, True])
+def test_stop_token_ids_stop_inside_hypertokens(llm, prompts, reference, codec, tiny_export, include_stop):
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(str(tiny_export))
+    row, index, kept, stop_id = _first_stop_inside_a_hypertoken(codec, prompts, reference)
+    params = SamplingParams(
+        max_tokens=24, temperature=0.0, stop_token_ids=[stop_id], include_stop_str_in_output=include_stop
+    )
+    (completion,) = llm.generate([TokensPrompt(prompt_token_ids=prompts[row])], params, use_tqdm=False)[0].outputs
+    assert list(completion.token_ids) == reference[row][: index + 1]
+    assert (completion.finish_reason, completion.stop_reason) == ("stop", stop_id)
+    prompt_base = codec.decode(prompts[row])
+    shown = kept + [stop_id] if include_stop else kept
+    prompt_text = base.decode(prompt_base, skip_special_tokens=True)
+    assert completion.text == base.decode(prompt_base + shown, skip_special_tokens=True)[len(prompt_text) :]
 
 
 def test_text_stop_strings_and_logprobs_follow_the_expanded_tokens(llm, prompts, codec, tiny_export):

@@ -10,8 +10,11 @@ sampled id:
   ``tokenizers`` ``DecodeStream`` primed with the expanded prompt). Stop strings, ``min_tokens``,
   ``include_stop_str_in_output`` and streamed deltas are vLLM's own logic over the text, so
   they behave as for a plain model: a stop string ending inside a hypertoken's text cuts the
-  text at that character. ``output_token_ids`` are the compressed ids, and ``max_tokens`` /
-  ``min_tokens`` count them: emitted tokens, each worth 1 to M base tokens.
+  text at that character. ``stop_token_ids`` are base ids: the engine stops on one emitted
+  alone, and this detokenizer on one inside a hypertoken's expansion, cutting the text
+  before it (after it with ``include_stop_str_in_output``) with the id as ``stop_reason``.
+  ``output_token_ids`` are the compressed ids, and ``max_tokens`` / ``min_tokens`` count
+  them: emitted tokens, each worth 1 to M base tokens.
 - :class:`Zip2ZipLogprobsProcessor` gives each id of the sample logprobs the text of its
   expansion under the request's codebook at that position.
 
@@ -64,13 +67,47 @@ class Zip2ZipIncrementalDetokenizer(BaseIncrementalDetokenizer):
         # model. Only its decode_next is used; stop strings are checked here, per emitted token.
         base_request = msgspec.structs.replace(request, prompt_token_ids=base_prompt_ids)
         self._base_detokenizer = IncrementalDetokenizer.from_new_request(tokenizer.base, base_request)
+        # Stop ids the engine cannot see: those that may be merged into hypertokens.
+        disabled = set(tokenizer.codec.disabled_ids) | {tokenizer.codec.pad_token_id}
+        self._stop_ids = frozenset(request.sampling_params.stop_token_ids or ()) - disabled
+        # Set by decode_next when a hypertoken holds a stop id: (text length to keep, stop id,
+        # number of token ids to keep).
+        self._stop_inside: tuple[int, int, int] | None = None
+
+    def update(self, new_token_ids: list[int], stop_terminated: bool) -> str | int | None:
+        """vLLM's update (text, stop strings), then a stop id found inside a hypertoken: the
+        text is cut there, later tokens dropped, and the id returned as the stop reason."""
+        stop_string = super().update(new_token_ids, stop_terminated)
+        if stop_string is not None or self._stop_inside is None:
+            return stop_string
+        text_length, stop_id, num_token_ids = self._stop_inside
+        self.output_text = self.output_text[:text_length]
+        del self.token_ids[num_token_ids:]
+        return stop_id
 
     def decode_next(self, next_token_id: int) -> str:
         try:
             base_ids = self._decoder.decode([next_token_id])
         except ValueError as error:
             raise ValueError(f"request {self.request_id}: {error}") from error
-        return "".join(self._decode_next_base_id(base_id) for base_id in base_ids)
+        text = ""
+        for base_id in base_ids:
+            piece = self._decode_next_base_id(base_id)
+            if self._stops_at(base_id, len(base_ids)):
+                kept = text + piece if self.include_stop_str_in_output else text
+                self._stop_inside = (len(self.output_text) + len(kept), base_id, len(self.token_ids))
+            text += piece
+        return text
+
+    def _stops_at(self, base_id: int, expansion_length: int) -> bool:
+        # As the engine's own check: the first stop id, once min_tokens ids were emitted (update
+        # has appended the id being decoded to token_ids).
+        return (
+            expansion_length > 1
+            and base_id in self._stop_ids
+            and self._stop_inside is None
+            and self.num_output_tokens() >= self.min_tokens
+        )
 
     def _decode_next_base_id(self, base_id: int) -> str:
         # BaseIncrementalDetokenizer.update appends each id to token_ids before decode_next reads
