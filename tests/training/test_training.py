@@ -359,3 +359,41 @@ def test_bf16_setting_resolves_to_a_bool():
     assert use_bf16("auto", cpu) in (True, False)
     with pytest.raises(ValueError, match="bf16"):
         TrainConfig(train_files=["x"], bf16="yes")
+
+
+def test_two_processes_follow_the_single_process_loss_curve(base_dir, texts, tmp_path):
+    """torchrun, 2 ranks (DDP over gloo) == 1 process at the same global batch; its checkpoint
+    resumes in a single process."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    settings = dict(max_steps=4, grad_accum=2, lora_dropout=0.0, save_every=2, eval_every=4)
+    single = tiny_config(base_dir, texts, tmp_path / "one", **settings)
+    train(single)
+    two = tiny_config(base_dir, texts, tmp_path / "two", **settings)
+    config = tmp_path / "two.json"
+    config.write_text(json.dumps(two.to_dict()))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "z2z_vllm.cli", "train", "--config", str(config)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    def records(cfg: TrainConfig) -> list[dict]:
+        lines = (tmp_path / cfg.output_dir / "log.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def curve(cfg: TrainConfig) -> dict[int, tuple]:
+        return {r["step"]: (r["clm_loss"], r["reconstruction_loss"], r["compressed_tokens"])
+                for r in records(cfg) if "clm_loss" in r}
+
+    assert records(two)[0]["world_size"] == 2
+    expected, got = curve(single), curve(two)
+    assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    resumed = train(dataclasses.replace(two, max_steps=6))
+    assert resumed.step == 6 and records(two)[-1]["step"] == 6
+    assert [r for r in records(two) if r.get("event") == "start"][-1]["resumed_from"] == "checkpoint-4"

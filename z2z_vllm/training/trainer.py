@@ -20,6 +20,8 @@ for evaluation, with LoRA merged.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import random
 import re
@@ -45,6 +47,7 @@ from z2z_vllm.training.data import (
     load_text_tokenizer,
 )
 from z2z_vllm.training.distill import distillation_losses, teacher_log_probs
+from z2z_vllm.training.distributed import join_world
 
 __all__ = [
     "TRAIN_CONFIG_FILE",
@@ -197,12 +200,14 @@ def distills(cfg: TrainConfig) -> bool:
     return bool(cfg.distill_folded_weight or cfg.distill_expansion_weight)
 
 
-def training_losses(model: Zip2ZipForCausalLM, batch: dict[str, Any], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def training_losses(model: Zip2ZipForCausalLM, batch: dict[str, Any], cfg: TrainConfig, *,
+                    forward: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch (unweighted, for the log) and ``"loss"``, their weighted
     sum. With distillation the batch carries the windows' base ids (``Collator(base_ids=True)``)
-    and the teacher is the same base model with its LoRA adapter switched off."""
+    and the teacher is the same base model with its LoRA adapter switched off. ``forward``: what
+    runs the student (a DDP wrapper of ``model``; default ``model``)."""
     base_ids, base_mask = batch.pop("base_ids", None), batch.pop("base_attention_mask", None)
-    out = model(**batch, reconstruction_samples=cfg.reconstruction_samples)
+    out = (forward or model)(**batch, reconstruction_samples=cfg.reconstruction_samples)
     terms = {"clm_loss": out.clm_loss}
     loss = cfg.clm_weight * out.clm_loss
     if out.reconstruction_loss is not None:
@@ -354,7 +359,7 @@ def _evaluate_sources(model, eval_sets: dict[str, CompressedDataset], *, collato
     return result
 
 
-def _log(record: dict[str, Any], *, cfg: TrainConfig, state: TrainState, bar) -> None:
+def _log(record: dict[str, Any], *, cfg: TrainConfig, state: TrainState, bar=None) -> None:
     state.log_history.append(record)
     with open(Path(cfg.output_dir) / "log.jsonl", "a") as log:
         log.write(json.dumps(record) + "\n")
@@ -376,6 +381,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    world = join_world(grad_accum=cfg.grad_accum, device=cfg.device)
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(output)
@@ -387,10 +393,14 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
 
     tokenizer = load_text_tokenizer(cfg.tokenizer or resolve_base_model(cfg.base_model))
     model = build_model(cfg, tokenizer=tokenizer)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = world.device(cfg.device)
     model.to(device).train()
     bf16 = use_bf16(cfg.bf16, device)
+    if not world.is_main:  # rank 0 builds the data cache, the others read it
+        world.barrier()
     train_sets, eval_sets = _datasets(cfg, model, tokenizer)
+    if world.is_main:
+        world.barrier()
     train_data = CompressedDataset.concatenate(list(train_sets.values()))  # shuffled together below
     collator = Collator(codec=model.codec)
     train_collator = Collator(codec=model.codec, base_ids=distills(cfg))
@@ -404,10 +414,17 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
         state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
     elif cfg.init_from:
         _load_weights(Path(cfg.init_from), model, fresh_reconstruction=True)
-    (output / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    forward = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, broadcast_buffers=False)  # buffers (RoPE) never change
+    log = functools.partial(_log, cfg=cfg, state=state) if world.is_main else lambda *_, **__: None
+    if world.is_main:
+        (output / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     bar = None
-    if cfg.progress:
+    if cfg.progress and world.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
@@ -418,25 +435,33 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
         "eval_sequences_by_source": {name: len(data) for name, data in eval_sets.items()},
         "trainable_params": sum(p.numel() for p in trainable),
         "bf16": bf16,
+        "world_size": world.size,
         "resumed_from": checkpoint.name if checkpoint else None,
         "initialised_from": None if checkpoint else cfg.init_from,
     }
-    _log(header, cfg=cfg, state=state, bar=bar)
+    log(header, bar=bar)
     last_stop = stop_at_step if stop_at_step is not None else cfg.max_steps
     session_start, session_elapsed0 = time.monotonic(), state.elapsed_s
     while state.step < min(cfg.max_steps, last_stop):
-        terms: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
+        terms: dict[str, float] = {"compressed_tokens": 0, "base_tokens": 0}
+        mine = world.micro_batches(cfg.grad_accum)
+        for micro in mine:
             indices = _batch_indices(state.step * cfg.grad_accum + micro, num_sequences=len(train_data),
                                      batch_size=cfg.batch_size, seed=cfg.seed)
             batch = batch_to(train_collator([train_data[i] for i in indices]), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = training_losses(model, batch, cfg)
-            (losses.pop("loss") / cfg.grad_accum).backward()
+            # DDP all-reduces (averages over ranks) in the backward of a rank's last micro-batch.
+            last = micro == mine[-1]
+            with (contextlib.nullcontext() if last or world.size == 1 else forward.no_sync()):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    losses = training_losses(model, batch, cfg, forward=forward)
+                (losses.pop("loss") * world.size / cfg.grad_accum).backward()
             for name, value in losses.items():
                 terms[name] = terms.get(name, 0.0) + value.item() / cfg.grad_accum
-            state.compressed_tokens += int(batch["attention_mask"].sum())
-            state.base_tokens += sum(train_data.base_tokens[i] for i in indices)
+            terms["compressed_tokens"] += int(batch["attention_mask"].sum())
+            terms["base_tokens"] += sum(train_data.base_tokens[i] for i in indices)
+        terms = world.sum(terms)
+        state.compressed_tokens += int(terms.pop("compressed_tokens"))
+        state.base_tokens += int(terms.pop("base_tokens"))
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -448,15 +473,16 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
             bar.update(1)
             bar.set_postfix({name.removesuffix("_loss"): f"{value:.3f}" for name, value in terms.items()})
         if state.step % cfg.log_every == 0 or state.step == 1:
-            _log({"step": state.step, **terms,
-                  "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
-                  "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)},
-                 cfg=cfg, state=state, bar=bar)
-        if eval_sets and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
+            log({"step": state.step, **terms,
+                 "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
+                 "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)}, bar=bar)
+        if eval_sets and world.is_main and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
             metrics = _evaluate_sources(model, eval_sets, collator=collator, cfg=cfg, bf16=bf16)
-            _log({"step": state.step, **metrics}, cfg=cfg, state=state, bar=bar)
+            log({"step": state.step, **metrics}, bar=bar)
         if state.step % cfg.save_every == 0 or state.step in (cfg.max_steps, last_stop):
-            _save_checkpoint(model, optimizer, scheduler, state, cfg)
+            if world.is_main:
+                _save_checkpoint(model, optimizer, scheduler, state, cfg)
+            world.barrier()  # no rank runs ahead of a checkpoint (or of the evaluation before it)
     if bar is not None:
         bar.close()
     return state
