@@ -116,3 +116,18 @@ def test_distillation_moves_a_student_toward_its_teacher(streams):
     after = losses_of(student, teacher, streams)
     assert float(after.folded_kl) < 0.5 * float(before.folded_kl)
     assert float(after.expansion_kl) < float(before.expansion_kl)
+
+
+def test_input_side_loss_is_the_base_loss_when_nothing_merges(streams):
+    from z2z_vllm.training.data import CompressedDataset
+    from z2z_vllm.training.evaluate import input_side_loss
+
+    base = tiny_base(seed=5)
+    same = Zip2ZipForCausalLM.from_base(base, max_codebook_size=8, max_subtokens=1, disabled_ids=(SPECIAL,)).eval()
+    merging = tiny_model(seed=5)  # the same base weights, reading hypertokens through untrained encoders
+    for model, equal in ((same, True), (merging, False)):
+        windows = [np.asarray(model.codec.encode(s)) for s in streams]
+        data = CompressedDataset(windows, [len(s) for s in streams], num_bytes=1, num_documents=len(streams))
+        loss = input_side_loss(model, base, data, batch_size=2)
+        assert loss.positions == sum(len(w) - 1 for w in windows)
+        assert (loss.z2z_nats == pytest.approx(loss.base_nats, rel=1e-5)) is equal

@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from z2z_vllm.modeling import Zip2ZipForCausalLM
 from z2z_vllm.training.data import IGNORE_INDEX, Collator, CompressedDataset, batch_to, build_dataset, load_text_tokenizer
 
-__all__ = ["BitsPerByte", "bits_per_byte", "compare_bits_per_byte", "compare_bits_per_byte_by_source"]
+__all__ = [
+    "BitsPerByte", "InputSideLoss", "bits_per_byte", "compare_bits_per_byte", "compare_bits_per_byte_by_source",
+    "input_side_loss",
+]
 
 UPPER_BOUND_NOTE = (
     "z2z bits/byte scores the canonical LZW path only: an upper bound on the model's true bits/byte "
@@ -78,6 +81,53 @@ def bits_per_byte(model, dataset: CompressedDataset, *, label: str, batch_size: 
                                       ignore_index=IGNORE_INDEX, reduction="sum"))
         scored += int((targets != IGNORE_INDEX).sum())
     return BitsPerByte(label, dataset.num_bytes, scored, len(dataset), nats / math.log(2))
+
+
+@dataclass(frozen=True)
+class InputSideLoss:
+    """Mean NLL (nats) of the next *base* token at every compressed position, both models reading
+    the same text: z2z over compressed ids with its hyper columns masked, the base over base ids."""
+
+    positions: int
+    z2z_nats: float
+    base_nats: float
+
+
+@torch.no_grad()
+def input_side_loss(model: Zip2ZipForCausalLM, base_model, dataset: CompressedDataset, *, batch_size: int = 1,
+                    bf16: bool = False) -> InputSideLoss:
+    """What reading hypertokens costs, apart from writing them. At compressed position t both
+    models predict the first base token of id t+1 after the same text: the z2z model has read
+    compressed ids 0..t and chooses among the V base columns only (a softmax without the hyper
+    columns), the base model has read the base ids up to the same point. ``z2z_nats - base_nats``
+    is the input-side loss; the rest of the z2z model's gap in bits per byte is on the output
+    side (predicting hypertokens). ``base_model`` is a plain HF causal LM (LoRA-free)."""
+    from z2z_vllm.training.distill import expansion_ends, teacher_log_probs
+
+    V = model.initial_vocab_size
+    collator = Collator(codec=model.codec, base_ids=True)
+    device = next(model.parameters()).device
+    z2z_nats = base_nats = 0.0
+    positions = 0
+    for start in range(0, len(dataset), batch_size):
+        windows = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        batch = batch_to(collator(windows), device)
+        mask = batch["attention_mask"].bool()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch["input_ids"], attention_mask=mask, codebooks=batch["codebooks"]).logits
+            teacher = teacher_log_probs(base_model, batch["base_ids"], batch["base_attention_mask"],
+                                        initial_vocab_size=V)
+        ends = expansion_ends(batch["input_ids"], mask, batch["codebooks"].entries, initial_vocab_size=V)[:, :-1]
+        base_ids = batch["base_ids"]
+        target = base_ids.gather(1, ends.clamp(max=base_ids.shape[1] - 1))  # first base id of id t+1
+        z2z = torch.log_softmax(logits[:, :-1, :V].float(), -1).gather(2, target.unsqueeze(-1)).squeeze(-1)
+        base = teacher.gather(1, (ends - 1).clamp(min=0).unsqueeze(-1).expand(-1, -1, V))
+        base = base.gather(2, target.unsqueeze(-1)).squeeze(-1)
+        scored = mask[:, 1:]
+        z2z_nats -= float(z2z[scored].sum())
+        base_nats -= float(base[scored].sum())
+        positions += int(scored.sum())
+    return InputSideLoss(positions, z2z_nats / max(positions, 1), base_nats / max(positions, 1))
 
 
 def compare_bits_per_byte(
