@@ -7,19 +7,25 @@
 Held-out text of every ``z2z_vllm.data`` domain (the training run never read it; a domain absent
 from the run's training mix is marked "not trained"). Three parts:
 
-1. Bits per byte, Hugging Face level (LoRA merged), both models under bf16 autocast, windows of
-   ``--window`` tokens (compressed ids for z2z, base ids for the base). The z2z figure scores the
-   canonical LZW path only: an UPPER BOUND on its true bits per byte (SPEC.md section 5).
+1. Bits per byte, Hugging Face level (LoRA merged), both models under bf16 autocast where the
+   machine multiplies bf16 fast (float32 elsewhere), windows of ``--window`` tokens (compressed ids
+   for z2z, base ids for the base). The z2z figure scores the canonical LZW path only: an UPPER
+   BOUND on its true bits per byte (SPEC.md section 5). Beside it the input-side diagnostic: the
+   next base token after the same text, z2z reading compressed ids with its hyper columns masked
+   vs the base reading base ids; the rest of the gap is on the output side.
 2. Compression. Input: compressed / base tokens of the held-out prompts. Output: both models
    continue the same prompts in vLLM, greedy and sampled; per z2z continuation, base tokens per
    emitted token (hypertokens expanded with the request's own codebook) and emitted / canonical
    (emitted ids over the LZW encoding of the same text after the same prompt: 1.0 means the model
    writes the canonical path, above 1 it spells out what it could have merged). Greedy decoding
    of a small model loops, and loops compress well: the sampled column is the steadier figure.
-3. A task a user would recognise: next-line completion. The prompt is held-out source up to the end
-   of a line (without its newline: tokenizers merge a newline with the next line's indentation),
-   the answer the next line (Python for code, JSON for structured); greedy, scored by exact match
-   of the first line the model starts (trailing whitespace ignored), base vs z2z.
+3. A task a user would recognise: next-line completion, on every domain. The prompt is held-out
+   text up to the end of a line (without its newline: tokenizers merge a newline with the next
+   line's indentation), the answer the next line (Python for code, JSON for structured, any file
+   elsewhere); greedy, scored by exact match of the first line the model starts (trailing
+   whitespace ignored), base vs z2z.
+4. Chat: greedy answers to 20 fixed prompts through each model's chat template; doubled words
+   and phrases ("part part of of") counted, base vs z2z.
 
 Prints a table per part and writes JSON (``--json``) and a PNG (``--png``).
 """
@@ -32,6 +38,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +48,34 @@ from machine import cpu_model, load_average, package_version
 from serve_bench import corpus_prompts
 
 MODELS = ("plain", "z2z")
-TASK_DOMAINS = {"code": (".py",), "structured": (".json", ".json.gz")}  # next-line task: domain -> file names
+# Next-line task: domain -> names of the held-out files it draws from (None: every file).
+TASK_DOMAINS = {"code": (".py",), "structured": (".json", ".json.gz"), "prose": None, "math": None,
+                "multilingual": None}
+CHAT_MAX_TOKENS = 96
+# Fixed chat prompts for the doubled-word count (a user would notice "part part of of").
+CHAT_PROMPTS = (
+    "What is the capital of France? Answer in two sentences.",
+    "Explain what a hash table is to a beginner.",
+    "Write a short poem about the sea.",
+    "Give me three tips for learning a new language.",
+    "What causes the seasons on Earth?",
+    "Summarize the plot of Romeo and Juliet in a few sentences.",
+    "How do I reverse a list in Python?",
+    "What is the difference between weather and climate?",
+    "Describe a healthy breakfast.",
+    "Why is the sky blue?",
+    "What is photosynthesis?",
+    "Write a polite email declining a meeting invitation.",
+    "List the planets of the solar system in order.",
+    "What does a compiler do?",
+    "Give a short definition of democracy.",
+    "How can I improve my sleep?",
+    "What is the Pythagorean theorem?",
+    "Tell me a fun fact about octopuses.",
+    "What is the role of the heart in the human body?",
+    "Suggest a name for a small bakery and explain why.",
+)
+DOUBLED = re.compile(r"\b(\w+(?:\s+\w+){0,2})(?:\s+\1\b)+", re.IGNORECASE)
 TASK_MAX_TOKENS = 64  # a newline and a line of up to 120 characters, in base tokens
 
 
@@ -66,21 +100,41 @@ QUICK = Knobs(bpb_bytes=3_000, window=256, prompts=2, prompt_chars=512, max_toke
 # 1. Bits per byte
 
 
-def bits_per_byte_rows(weights: Path, domains: list[str], knobs: Knobs) -> list[dict]:
+def bits_per_byte_rows(weights: Path, domains: list[str], knobs: Knobs, *, bf16: bool) -> list[dict]:
     from z2z_vllm.training.data import load_documents
     from z2z_vllm.training.evaluate import compare_bits_per_byte_by_source
 
     documents = {d: load_documents(domain=d, split="heldout", max_bytes=knobs.bpb_bytes) for d in domains}
-    pairs = compare_bits_per_byte_by_source(weights, documents, window=knobs.window, batch_size=4, bf16=True,
+    pairs = compare_bits_per_byte_by_source(weights, documents, window=knobs.window, batch_size=4, bf16=bf16,
                                             progress=False)
+    input_side = input_side_losses(weights, documents, knobs, bf16=bf16)
     return [
         {
             "domain": domain, "bytes": z2z.num_bytes, "base_tokens": base.scored_tokens,
             "z2z_tokens": z2z.scored_tokens, "base_bpb": base.bits_per_byte, "z2z_bpb": z2z.bits_per_byte,
             "ratio": z2z.bits_per_byte / base.bits_per_byte,
+            "input_side_base_nats": input_side[domain].base_nats, "input_side_z2z_nats": input_side[domain].z2z_nats,
         }
         for domain, (z2z, base) in pairs.items()
     ]  # fmt: skip
+
+
+def input_side_losses(weights: Path, documents: dict[str, list], knobs: Knobs, *, bf16: bool) -> dict:
+    """Per domain, ``training.evaluate.input_side_loss``: the next base token after the same text,
+    z2z reading compressed ids (hyper columns masked) vs the base reading base ids."""
+    from z2z_vllm.training.data import build_dataset, load_text_tokenizer
+    from z2z_vllm.training.evaluate import input_side_loss
+    from z2z_vllm.training.trainer import _load_base, _start_id, load_trained_model, resolve_base_model
+
+    model, cfg = load_trained_model(weights)
+    base = _load_base(resolve_base_model(cfg.base_model)).eval()
+    tokenizer = load_text_tokenizer(resolve_base_model(cfg.base_model))
+    losses = {}
+    for domain, docs in documents.items():
+        data = build_dataset(docs, tokenizer=tokenizer, codec=model.codec, length=knobs.window,
+                             start_id=_start_id(model))
+        losses[domain] = input_side_loss(model, base, data, batch_size=4, bf16=bf16)
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +149,8 @@ class NextLine:
     answer: str
 
 
-def next_line_items(domain: str, suffixes: tuple[str, ...], *, count: int, context_chars: int, seed: int = 0) -> list[NextLine]:
+def next_line_items(domain: str, suffixes: tuple[str, ...] | None, *, count: int, context_chars: int,
+                    seed: int = 0) -> list[NextLine]:
     """``count`` next-line items from held-out ``domain`` files ending in ``suffixes``, spread over
     the files by a seeded draw. A line qualifies when it has 8..120 characters after stripping, is
     not a comment, and follows at least 5 lines of context; the prompt is the preceding text cut to
@@ -104,7 +159,7 @@ def next_line_items(domain: str, suffixes: tuple[str, ...], *, count: int, conte
 
     candidates = []
     for doc in corpus_documents(domain, split="heldout"):
-        if not doc.name.endswith(suffixes):
+        if suffixes is not None and not doc.name.endswith(suffixes):
             continue
         lines = doc.text.split("\n")
         offset = 0
@@ -149,9 +204,14 @@ class Continuation:
     text: str
 
 
+def doubled_phrases(text: str) -> int:
+    """Immediate repeats of a word or a phrase of up to three words ("of of", "the cat the cat")."""
+    return sum(1 for _ in DOUBLED.finditer(text))
+
+
 def run_model(model_dir: Path, *, dtype: str, prompts: dict[str, list[str]], tasks: dict[str, list[NextLine]],
               max_tokens: int, max_model_len: int) -> dict[str, dict[str, list[Continuation]]]:
-    """One engine: ``{"greedy" | "sampled" | "task": {domain: [Continuation]}}``."""
+    """One engine: ``{"greedy" | "sampled" | "task": {domain: [Continuation]}, "chat": {"chat": [...]}}``."""
     from vllm import LLM, SamplingParams
 
     engine = LLM(model=str(model_dir), dtype=dtype, enforce_eager=True, max_model_len=max_model_len, max_num_seqs=16,
@@ -169,6 +229,10 @@ def run_model(model_dir: Path, *, dtype: str, prompts: dict[str, list[str]], tas
     try:
         out = {name: {d: run(texts, params) for d, texts in prompts.items()} for name, params in settings.items()}
         out["task"] = {d: run([item.prompt for item in items], task_params) for d, items in tasks.items()}
+        chats = engine.chat([[{"role": "user", "content": p}] for p in CHAT_PROMPTS],
+                            SamplingParams(max_tokens=CHAT_MAX_TOKENS, temperature=0.0), use_tqdm=False)
+        out["chat"] = {"chat": [Continuation(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text)
+                                for o in chats]}
     finally:
         engine.llm_engine.engine_core.shutdown()
     return out
@@ -230,6 +294,17 @@ def task_rows(runs: dict[str, dict], tasks: dict[str, list[NextLine]]) -> list[d
     return rows
 
 
+def chat_rows(runs: dict[str, dict]) -> dict:
+    """Doubled words / phrases in the greedy answers to the fixed chat prompts, per model."""
+    row = {"prompts": len(CHAT_PROMPTS)}
+    for model in MODELS:
+        answers = [r.text for r in runs[model]["chat"]["chat"]]
+        row[f"{model}_doubled"] = sum(doubled_phrases(a) for a in answers)
+        row[f"{model}_answers_with_doubles"] = sum(doubled_phrases(a) > 0 for a in answers)
+        row[f"{model}_example"] = answers[0]
+    return row
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 
@@ -238,13 +313,17 @@ def format_tables(report: dict) -> str:
     trained = set(report["conditions"]["trained_domains"])
     lines = [
         f"\n1. bits per byte on held-out text (z2z: canonical path, an upper bound), windows of "
-        f"{report['conditions']['window']} tokens, bf16 autocast"
+        f"{report['conditions']['window']} tokens, bf16 autocast: {report['conditions']['bits_per_byte_bf16']}"
     ]
-    lines.append(f"{'domain':<13} {'bytes':>8} {'base tok':>9} {'z2z tok':>8} {'base bpb':>9} {'z2z bpb':>8} {'z2z/base':>9}")
+    lines.append("   input side: nats of the next base token after the same text, z2z reading compressed ids "
+                 "with hyper columns masked vs the base")
+    lines.append(f"{'domain':<13} {'bytes':>8} {'base tok':>9} {'z2z tok':>8} {'base bpb':>9} {'z2z bpb':>8} "
+                 f"{'z2z/base':>9} {'input base':>11} {'input z2z':>10}")
     for r in report["bits_per_byte"]:
         note = "" if r["domain"] in trained else "  (not trained)"
         lines.append(f"{r['domain']:<13} {r['bytes']:>8,} {r['base_tokens']:>9,} {r['z2z_tokens']:>8,} "
-                     f"{r['base_bpb']:>9.4f} {r['z2z_bpb']:>8.4f} {r['ratio']:>9.4f}{note}")
+                     f"{r['base_bpb']:>9.4f} {r['z2z_bpb']:>8.4f} {r['ratio']:>9.4f} "
+                     f"{r['input_side_base_nats']:>11.3f} {r['input_side_z2z_nats']:>10.3f}{note}")
     lines.append(f"\n2. compression: prompts of {report['conditions']['prompt_chars']} chars; continuations of "
                  f"{report['conditions']['max_tokens']} tokens (greedy | sampled T=0.8 top-p 0.95)")
     lines.append(f"{'domain':<13} {'in z2z/base':>11} {'base/emitted':>13} {'emit/canon':>11} {'B/tok plain':>12} "
@@ -261,6 +340,11 @@ def format_tables(report: dict) -> str:
     for r in report["task"]:
         lines.append(f"{r['domain']:<13} {r['items']:>6} {r['plain_exact']:>7.3f} ±{r['plain_stderr']:.3f} "
                      f"{r['z2z_exact']:>7.3f} ±{r['z2z_stderr']:.3f} {r['both']:>6.3f}")
+    chat = report["chat"]
+    lines.append(f"\n4. chat, {chat['prompts']} fixed prompts, greedy, {CHAT_MAX_TOKENS} tokens: doubled words or "
+                 "phrases (answers with any)")
+    lines.append(f"{'plain':>8} {chat['plain_doubled']:>4} ({chat['plain_answers_with_doubles']})   "
+                 f"{'z2z':>4} {chat['z2z_doubled']:>4} ({chat['z2z_answers_with_doubles']})")
     return "\n".join(lines)
 
 
@@ -348,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from z2z_vllm.training.trainer import use_bf16
+
     torch.set_num_threads(args.threads)
-    bpb = bits_per_byte_rows(weights, domains, knobs)
+    conditions["bits_per_byte_bf16"] = use_bf16("auto", torch.device("cpu"))  # float32 where bf16 is emulated
+    bpb = bits_per_byte_rows(weights, domains, knobs, bf16=conditions["bits_per_byte_bf16"])
     print(f"bits per byte done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     prompts = {d: corpus_prompts(d, count=knobs.prompts, chars=knobs.prompt_chars) for d in domains}
     tasks = {
@@ -369,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "bits_per_byte": bpb,
         "compression": compression_rows(runs, config.codec(), domains),
         "task": task_rows(runs, tasks),
+        "chat": chat_rows(runs),
     }
     print(format_tables(report))
     print(f"\nload average at end: {conditions['load_average_at_end']}, {conditions['seconds']} s")
