@@ -7,7 +7,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The bundled model: SmolLM2-135M-Instruct + the z2z weights shipped in z2z_vllm/weights/.
-DEMO_MODEL := models/z2z-smollm2-135m
+# `z2z build-model` writes it into MODELS_DIR and registers its name: the demo serves the name.
+MODELS_DIR := models
+DEMO_MODEL := z2z-smollm2-135m
 
 .PHONY: setup demo test bench fuzz clean
 
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) scripts/install_data_source
 	touch $@
 
 demo: setup
-	$(BIN)/z2z build-model --out-dir $(dir $(DEMO_MODEL))
+	$(BIN)/z2z build-model --out-dir $(MODELS_DIR)
 	VLLM=$(BIN)/vllm bash scripts/serve_demo.sh $(DEMO_MODEL)
 
 test: setup
@@ -34,9 +36,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/codec_bench.py --json results/codec_bench.json
 	$(BIN)/python benchmarks/compression_report.py --json results/compression_report.json --png results/compression_report.png
-	$(BIN)/z2z build-model --out-dir $(dir $(DEMO_MODEL))
+	$(BIN)/z2z build-model --out-dir $(MODELS_DIR)
 	$(BIN)/python benchmarks/quality_report.py --json results/quality_report.json --png results/quality_report.png
-	$(BIN)/python benchmarks/serve_bench.py --plain models/smollm2-135m --json results/serve_bench.json
+	$(BIN)/python benchmarks/serve_bench.py --plain $(MODELS_DIR)/smollm2-135m --json results/serve_bench.json
 
 fuzz: setup
 	$(BIN)/python tests/codec/fuzz_codec.py -atheris_runs=1000000 -print_final_stats=1

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # The quick-start demo: `vllm serve` a z2z model, ask it for a completion and a chat answer over
-# the OpenAI API with curl, print both, stop the server.
+# the OpenAI API with curl, print both, stop the server. The server listens on 127.0.0.1 only.
 #
-#   scripts/serve_demo.sh MODEL_DIR [PORT]     (VLLM=path/to/vllm to pick the vllm command)
+#   scripts/serve_demo.sh MODEL [PORT]     MODEL: a name `z2z list` shows (z2z-smollm2-135m) or a
+#                                          folder; VLLM=path/to/vllm picks the vllm command
 set -euo pipefail
-MODEL=${1:?usage: serve_demo.sh MODEL_DIR [PORT]}
+MODEL=${1:?usage: serve_demo.sh MODEL [PORT]}
 PORT=${2:-8000}
 VLLM=${VLLM:-vllm}
 URL="http://127.0.0.1:$PORT"
 LOG=$(mktemp -t z2z-serve-XXXX.log)
 
 # Small limits so the demo fits a laptop-sized CPU machine; drop them on a GPU.
-VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2} "$VLLM" serve "$MODEL" --port "$PORT" \
+VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2} "$VLLM" serve "$MODEL" --host 127.0.0.1 --port "$PORT" \
   --max-model-len 2048 --max-num-seqs 8 >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 
-echo "vllm serve $MODEL (log: $LOG) ..."
-for _ in $(seq 240); do
+echo "vllm serve $MODEL on $URL (log: $LOG) ..."
+# A cold start compiles the model: a few minutes on a small, busy CPU.
+for _ in $(seq 600); do
   curl -sf "$URL/health" >/dev/null && break
   kill -0 $SERVER 2>/dev/null || { tail -30 "$LOG"; exit 1; }
   sleep 1

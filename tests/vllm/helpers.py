@@ -9,6 +9,7 @@ token for token.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from tests.modeling.helpers import C, M
@@ -34,6 +35,17 @@ LLM_TEST_KWARGS = dict(
 
 def use_test_env() -> None:
     os.environ.update(VLLM_TEST_ENV)
+
+
+def answers_beside_loopback(port: int) -> bool:
+    """Whether a server on ``port`` accepts connections at 127.0.0.2: on Linux every 127.x address
+    is local, but only a socket bound to every interface (0.0.0.0 or ::) answers there, not one
+    bound to 127.0.0.1."""
+    try:
+        with socket.create_connection(("127.0.0.2", port), timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def export_tiny_model(directory: Path, *, seed: int = 0, arch: str = "llama") -> Path:

@@ -1,6 +1,7 @@
-"""``vllm serve`` on a tiny z2z model: the documented command starts the OpenAI server, streamed
-text equals offline text, bad prompt ids get HTTP 400 while the server keeps serving, and 200
-concurrent completions all come back with text that is the codec's expansion of their ids."""
+"""``vllm serve`` on a tiny z2z model: the documented command, given the model's registered name
+in an empty folder, starts the OpenAI server on 127.0.0.1 only; streamed text equals offline
+text, bad prompt ids get HTTP 400 while the server keeps serving, and 200 concurrent completions
+all come back with text that is the codec's expansion of their ids."""
 
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.vllm.helpers import VLLM_TEST_ENV, make_llm, repeated_words
+from tests.vllm.helpers import VLLM_TEST_ENV, answers_beside_loopback, make_llm, repeated_words
 
 vllm = pytest.importorskip("vllm")
 httpx = pytest.importorskip("httpx")
 
+from z2z_vllm.model_names import register_model  # noqa: E402
 from z2z_vllm.modeling.config import Zip2ZipConfig  # noqa: E402
 
 MAX_TOKENS = 16
 LOAD_REQUESTS = 200
 # The tiny word-level tokenizer has no chat template of its own.
 CHAT_TEMPLATE = "{% for message in messages %}<s> {{ message['content'] }} {% endfor %}"
+# The tiny export is served by this name (registered in the session's Hugging Face cache).
+MODEL_NAME = "z2z-tiny-served"
 
 
 def _free_port() -> int:
@@ -36,17 +40,20 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_export, tmp_path_factory):
-    """``vllm serve DIR`` (the console script next to this Python), engine in its own process."""
+    """``vllm serve NAME --host 127.0.0.1`` (the console script next to this Python) from an empty
+    folder, network off, engine in its own process; yields the URL."""
+    register_model(tiny_export, MODEL_NAME)
+    empty = tmp_path_factory.mktemp("empty")
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, **VLLM_TEST_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", str(tiny_export),
+        str(Path(sys.executable).parent / "vllm"), "serve", MODEL_NAME, "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "256", "--max-num-seqs", "32", "--seed", "0", "--chat-template", CHAT_TEMPLATE,
     ]  # fmt: skip
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=empty)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -70,20 +77,25 @@ def server(tiny_export, tmp_path_factory):
             process.kill()
 
 
-def complete(url: str, model_dir: Path, **body) -> httpx.Response:
-    """A greedy completion request (the served model's name is its folder path)."""
-    body = {"model": str(model_dir), "max_tokens": MAX_TOKENS, "temperature": 0.0, **body}
+def complete(url: str, **body) -> httpx.Response:
+    """A greedy completion request."""
+    body = {"model": MODEL_NAME, "max_tokens": MAX_TOKENS, "temperature": 0.0, **body}
     return httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+
+
+def test_the_server_serves_the_name_on_loopback_only(server):
+    assert [model["id"] for model in httpx.get(f"{server}/v1/models", timeout=10).json()["data"]] == [MODEL_NAME]
+    assert not answers_beside_loopback(int(server.rsplit(":", 1)[1]))
 
 
 def test_streamed_text_equals_offline_text(server, tiny_export):
     prompt = repeated_words([3, 4, 5, 3], 6)
-    whole = complete(server, tiny_export, prompt=prompt).json()["choices"][0]["text"]
+    whole = complete(server, prompt=prompt).json()["choices"][0]["text"]
     chunks = []
     with httpx.stream(
         "POST",
         f"{server}/v1/completions",
-        json={"model": str(tiny_export), "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "stream": True},
+        json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "stream": True},
         timeout=120,
     ) as response:
         for line in response.iter_lines():
@@ -102,9 +114,9 @@ def test_streamed_text_equals_offline_text(server, tiny_export):
 def test_bad_prompt_ids_get_400_and_the_server_keeps_serving(server, tiny_export):
     V = Zip2ZipConfig.load(tiny_export).initial_vocab_size
     for bad in ([1, 2, V + 5], [1, -3], [1, V + 10_000]):
-        response = complete(server, tiny_export, prompt=bad)
+        response = complete(server, prompt=bad)
         assert response.status_code == 400, response.text
-    assert complete(server, tiny_export, prompt=[1, 2, 1, 2, V]).status_code == 200  # V: entry 0 = (1, 2)
+    assert complete(server, prompt=[1, 2, 1, 2, V]).status_code == 200  # V: entry 0 = (1, 2)
 
 
 def test_200_concurrent_completions_expand_to_their_text(server, tiny_export):
@@ -112,12 +124,11 @@ def test_200_concurrent_completions_expand_to_their_text(server, tiny_export):
 
     codec = Zip2ZipConfig.load(tiny_export).codec()
     base = AutoTokenizer.from_pretrained(str(tiny_export))
-    model = str(tiny_export)
     prompts = [repeated_words([1 + i % 40, 2 + i % 37, 1 + i % 40], 3 + i % 5) for i in range(LOAD_REQUESTS)]
 
     async def one(client: httpx.AsyncClient, prompt: str) -> dict:
         body = {
-            "model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": len(prompt),
+            "model": MODEL_NAME, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": len(prompt),
             "return_token_ids": True,
         }  # fmt: skip
         response = await client.post("/v1/completions", json=body)
@@ -142,10 +153,10 @@ def test_200_concurrent_completions_expand_to_their_text(server, tiny_export):
     assert any(t >= codec.initial_vocab_size for r in results for t in r["token_ids"])
 
 
-def test_chat_completions_use_the_chat_template_and_compress_it(server, tiny_export, codec):
+def test_chat_completions_use_the_chat_template_and_compress_it(server, codec):
     content = repeated_words([4, 5, 6], 5)
     body = {
-        "model": str(tiny_export), "max_tokens": MAX_TOKENS, "temperature": 0.0,
+        "model": MODEL_NAME, "max_tokens": MAX_TOKENS, "temperature": 0.0,
         "messages": [{"role": "user", "content": content}],
     }  # fmt: skip
     response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
@@ -153,5 +164,5 @@ def test_chat_completions_use_the_chat_template_and_compress_it(server, tiny_exp
     # "<s>" then the 15 words: the prompt the model read is the compressed rendering.
     rendered = codec.encode([0] + [4, 5, 6] * 5)
     assert response.json()["usage"]["prompt_tokens"] == len(rendered) < 16
-    completion = complete(server, tiny_export, prompt=rendered).json()["choices"][0]["text"]
+    completion = complete(server, prompt=rendered).json()["choices"][0]["text"]
     assert response.json()["choices"][0]["message"]["content"] == completion

