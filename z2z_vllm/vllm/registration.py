@@ -40,6 +40,7 @@ def register() -> None:
     from vllm.tokenizers.registry import TokenizerRegistry
 
     from z2z_vllm.vllm import patches
+    from z2z_vllm.vllm.name_resolution import resolve_z2z_names
 
     for architecture in ARCHITECTURES:
         ModelRegistry.register_model(architecture, f"z2z_vllm.vllm.model:{architecture}")
@@ -47,6 +48,7 @@ def register() -> None:
     TokenizerRegistry.register(TOKENIZER_MODE, "z2z_vllm.vllm.tokenizer", "Zip2ZipTokenizer")
     RENDERER_REGISTRY.register(TOKENIZER_MODE, "z2z_vllm.vllm.renderer", "Zip2ZipRenderer")
     patches.apply()
+    resolve_z2z_names()  # names become folders before any config says "z2z": here, not in the hook
     _registered = True
 
 
