@@ -99,6 +99,16 @@ PATTERNS = [
 ]
 
 
+def shared_prefix_prompts(codec, *, count: int = 4) -> list[list[int]]:
+    """Compressed prompts sharing a prefix of 150 base ids (several 32-token KV blocks): with
+    prefix caching, later requests start from cached blocks whose tokens the model never sees."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randint(1, 12, (150,), generator=g).tolist()
+    return [codec.encode(shared + [30 + i, 40 + i] * 3) for i in range(count)]
+
+
 def make_llm(model_dir: Path, **overrides):
     """An in-process engine with the fast test settings. In-process engines share vLLM's
     distributed state and shutting one down tears it down: shut each down before the next

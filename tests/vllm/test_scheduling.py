@@ -8,17 +8,11 @@ test here builds and shuts down its own engine, and no engine outlives a test.
 
 from __future__ import annotations
 
-import torch
-
-from tests.vllm.helpers import MAX_TOKENS, greedy, make_llm, reference_generation
+from tests.vllm.helpers import MAX_TOKENS, greedy, make_llm, reference_generation, shared_prefix_prompts
 
 
 def test_prefix_caching_gives_the_same_tokens(tiny_export, codec):
-    # Long prompts sharing a prefix of several 32-token blocks: later requests start from
-    # cached blocks, whose tokens the model never sees again.
-    g = torch.Generator().manual_seed(0)
-    shared = torch.randint(1, 12, (150,), generator=g).tolist()
-    prompts = [codec.encode(shared + [30 + i, 40 + i] * 3) for i in range(4)]
+    prompts = shared_prefix_prompts(codec)
     reference = reference_generation(tiny_export, prompts)
     engine = make_llm(tiny_export, enable_prefix_caching=True, block_size=32, disable_log_stats=False)
     try:

@@ -8,7 +8,11 @@ config (vocabulary = the weights' ``z2z_base_vocab_size`` rows), with
   rows, -inf for entries not defined yet (vLLM's sampler sees ``vocab_size`` = V + C);
 - ``hyper_slots``: the per-request codebooks (:class:`~z2z_vllm.vllm.slots.HyperSlots`), one slot
   per schedulable sequence (``max_num_seqs``), advanced by the runner hook in
-  :mod:`z2z_vllm.vllm.patches` before each forward.
+  :mod:`z2z_vllm.vllm.patches` before each forward;
+- ``forward``: the step's embeddings (base and hyper rows) are composed outside the compiled
+  base model and written into a static buffer it reads from: compiled code and piecewise CUDA
+  graphs see the same input address on every step, as with vLLM's own embeddings buffer for
+  models that take embeddings (a graph replays from the address seen at capture).
 
 Memory for the slots: 2 x max_num_seqs x C x hidden values in the model dtype (SmolLM2-135M,
 C = 1024, 64 sequences, bf16: 151 MB), plus the shared row caches: 2 x 16384 x hidden (38 MB).
@@ -33,6 +37,8 @@ from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from z2z_vllm.modeling import WEIGHTS_FILE
 from z2z_vllm.modeling.config import BASE_VOCAB_SIZE_KEY, HF_CONFIG_KEY, Zip2ZipConfig
 from z2z_vllm.modeling.encoders import build_encoder
+from z2z_vllm.ops._backend import resolve
+from z2z_vllm.vllm import patches
 from z2z_vllm.vllm.compose import encode_rows
 from z2z_vllm.vllm.slots import HyperSlots
 
@@ -65,11 +71,27 @@ def _device_codebooks_setting() -> bool | None:
     return None if value is None else value == "1"
 
 
+# kMaxSubtokens in kernels/codebook_update.cuh: the CUDA update kernel keeps an entry in registers.
+CUDA_KERNEL_MAX_SUBTOKENS = 16
+
+
+def check_codebook_backend(max_subtokens: int, backend: str | None) -> None:
+    """Refuses, at model load, a model whose decode-step codebook updates would run on a kernel
+    that cannot hold its entries (``backend``: the update's backend, None: host updates only)."""
+    if backend == "cuda" and max_subtokens > CUDA_KERNEL_MAX_SUBTOKENS:
+        raise ValueError(
+            f"z2z: the model's hypertokens hold up to M = {max_subtokens} base tokens; the CUDA codebook "
+            f"kernel (z2z_vllm._cuda_ops) handles M <= {CUDA_KERNEL_MAX_SUBTOKENS}. Serve it without the "
+            f"CUDA extension (Triton kernels) or with {DEVICE_CODEBOOKS_ENV}=0 (codebook updates on the host)"
+        )
+
+
 class Zip2ZipModelMixin:
     """Turns a vLLM ``*ForCausalLM`` (with ``self.model``, ``self.lm_head``) into its z2z form.
     Subclasses list the mixin first: ``class Zip2ZipXForCausalLM(Zip2ZipModelMixin, XForCausalLM)``."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        patches.apply()  # this worker serves a z2z model: the runner hooks are needed here
         hf_config = vllm_config.model_config.hf_config
         z2z = Zip2ZipConfig.from_dict(getattr(hf_config, HF_CONFIG_KEY))
         super().__init__(vllm_config=_base_vllm_config(vllm_config, z2z), prefix=prefix)
@@ -91,6 +113,14 @@ class Zip2ZipModelMixin:
             device=None,  # the loader's target device is the default device here
             dtype=vllm_config.model_config.dtype,
             device_codebooks=_device_codebooks_setting(),
+        )
+        slots = self.hyper_slots
+        backend = resolve("auto", slots.num_known.device, has_cuda_kernel=True) if slots.device_codebooks else None
+        check_codebook_backend(z2z.max_subtokens, backend)
+        # The base model's input, at a fixed address (module docstring); the runner never
+        # schedules more than max_num_batched_tokens tokens, padding included.
+        self.inputs_embeds_buffer = torch.zeros(
+            vllm_config.scheduler_config.max_num_batched_tokens, hidden, dtype=vllm_config.model_config.dtype
         )
 
     # -- hyper rows -----------------------------------------------------------------------------
@@ -127,7 +157,8 @@ class Zip2ZipModelMixin:
         **kwargs,
     ):
         if inputs_embeds is None:
-            inputs_embeds = self.embed_input_ids(input_ids)
+            inputs_embeds = self.inputs_embeds_buffer[: input_ids.shape[0]]
+            inputs_embeds.copy_(self.embed_input_ids(input_ids))
         return self.model(None, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
@@ -152,6 +183,7 @@ class Zip2ZipModelMixin:
                 f"(missing {sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))})"
             )
         encoders.load_state_dict(state)
+        self.hyper_slots.invalidate_rows()  # rows encoded so far came from the old weights
         return loaded | {name for name, _ in encoders.named_parameters()}
 
 

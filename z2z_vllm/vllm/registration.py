@@ -2,19 +2,31 @@
 
 Registration goes through vLLM's own registries (``ModelRegistry``, ``TokenizerRegistry``,
 ``RENDERER_REGISTRY``, the per-architecture config hooks of ``MODELS_CONFIG_MAP``) by module
-path, so nothing heavy is imported until a z2z model is actually loaded.
+path, and vLLM runs it in every process whatever model it serves: it imports nothing vLLM has not
+imported already. The patches of :mod:`z2z_vllm.vllm.patches` are applied only where a z2z model
+is met: by the config hook (the process that builds the engine config: front end) and by the
+model class (the worker that loads it).
+
+The config hook also settles the engine settings z2z models need. vLLM calls it at the start of
+``VllmConfig.__post_init__``, before it fills in its own defaults, so a setting still ``None``
+there is one the user left unset: such settings are chosen for z2z and logged; a conflicting
+setting the user asked for is refused with the reason.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from z2z_vllm.modeling.config import serving_architecture
 
 if TYPE_CHECKING:
-    from vllm.config import ModelConfig, VllmConfig
+    from vllm.config import CompilationConfig, ModelConfig, SchedulerConfig, VllmConfig
 
 __all__ = ["register", "SUPPORTED_BASE_ARCHITECTURES", "TOKENIZER_MODE", "ARCHITECTURES"]
+
+# A child of vLLM's logger: printed with vLLM's own lines, at vLLM's level.
+logger = logging.getLogger("vllm.z2z")
 
 TOKENIZER_MODE = "z2z"
 # Base classes the plugin can wrap (z2z_vllm.vllm.model defines one subclass for each).
@@ -39,7 +51,6 @@ def register() -> None:
     from vllm.renderers.registry import RENDERER_REGISTRY
     from vllm.tokenizers.registry import TokenizerRegistry
 
-    from z2z_vllm.vllm import patches
     from z2z_vllm.vllm.name_resolution import resolve_z2z_names
 
     for architecture in ARCHITECTURES:
@@ -47,14 +58,14 @@ def register() -> None:
         MODELS_CONFIG_MAP[architecture] = Zip2ZipConfigChecks
     TokenizerRegistry.register(TOKENIZER_MODE, "z2z_vllm.vllm.tokenizer", "Zip2ZipTokenizer")
     RENDERER_REGISTRY.register(TOKENIZER_MODE, "z2z_vllm.vllm.renderer", "Zip2ZipRenderer")
-    patches.apply()
     resolve_z2z_names()  # names become folders before any config says "z2z": here, not in the hook
     _registered = True
 
 
 class Zip2ZipConfigChecks:
     """Per-architecture config hook (vLLM's ``VerifyAndUpdateConfig`` shape): picks the z2z
-    tokenizer mode and refuses engine features that do not work with hypertokens yet."""
+    tokenizer mode and the engine settings z2z models need, refuses engine features that do not
+    work with hypertokens yet, and applies the plugin's patches in this process."""
 
     @staticmethod
     def verify_and_update_model_config(model_config: ModelConfig) -> None:
@@ -72,6 +83,8 @@ class Zip2ZipConfigChecks:
 
     @staticmethod
     def verify_and_update_config(vllm_config: VllmConfig) -> None:
+        from z2z_vllm.vllm import patches
+
         unsupported = {
             "speculative decoding": vllm_config.speculative_config is not None,
             "LoRA adapters (enable_lora)": vllm_config.lora_config is not None,
@@ -79,21 +92,69 @@ class Zip2ZipConfigChecks:
             # The hyper-encoders read whole embedding tables, which tensor parallelism shards.
             "tensor parallelism": vllm_config.parallel_config.tensor_parallel_size > 1,
             "prompt embeddings (enable_prompt_embeds)": bool(vllm_config.model_config.enable_prompt_embeds),
-            "the V2 model runner (VLLM_USE_V2_MODEL_RUNNER=1)": bool(
-                getattr(vllm_config, "use_v2_model_runner", False)
-            ),
         }
         refused = [name for name, asked in unsupported.items() if asked]
         if refused:
             raise ValueError(f"z2z models do not support {', '.join(refused)} yet")
-        # The runner advances each request's codebook over its token list on the host, which
-        # must hold the previous step's sampled token: no overlap of scheduling and execution.
-        vllm_config.scheduler_config.async_scheduling = False
-        # The per-step hypertoken work (codebook slots, device updates, hyper rows) runs in the
-        # model's own forward, around the base model: a full CUDA graph would capture it with one
-        # step's tensors baked in. Piecewise graphs capture only the compiled base model.
-        from vllm.config.compilation import CUDAGraphMode
+        _select_v1_model_runner(vllm_config)
+        _turn_off_async_scheduling(vllm_config.scheduler_config)
+        _piecewise_cuda_graphs_only(vllm_config.compilation_config)
+        patches.apply()
 
-        compilation = vllm_config.compilation_config
-        if compilation.cudagraph_mode is None or compilation.cudagraph_mode.has_full_cudagraphs():
-            compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
+
+def _select_v1_model_runner(vllm_config: VllmConfig) -> None:
+    """The runner hooks of :mod:`z2z_vllm.vllm.patches` exist in vLLM's V1 model runner only.
+    vLLM picks V2 by default where Triton runs (CUDA): z2z models pick V1 unless the user asked
+    for V2."""
+    from vllm import envs
+
+    from z2z_vllm.vllm.patches import V2_MODEL_RUNNER_ENV, select_v1_model_runner
+
+    requested = envs.VLLM_USE_V2_MODEL_RUNNER  # None: not set
+    if requested:
+        raise ValueError(
+            f"z2z models run on vLLM's V1 model runner only (the per-request codebooks hook into "
+            f"it), but {V2_MODEL_RUNNER_ENV}=1 is set: unset it or set it to 0"
+        )
+    if requested is None:
+        select_v1_model_runner()
+        logger.info(
+            "z2z: using vLLM's V1 model runner (%s=0): the per-request codebooks hook into it; "
+            "the V2 model runner is not supported yet", V2_MODEL_RUNNER_ENV,
+        )  # fmt: skip
+    if vllm_config.use_v2_model_runner:  # features that need V2 whatever the setting
+        raise ValueError(
+            "z2z models do not support features that need vLLM's V2 model runner "
+            "(HiSparse attention, watermarking) yet"
+        )
+
+
+def _turn_off_async_scheduling(scheduler: SchedulerConfig) -> None:
+    """The runner advances each request's codebook over its token list on the host, which must
+    hold the previous step's sampled token: no overlap of scheduling and execution."""
+    if scheduler.async_scheduling:
+        raise ValueError(
+            "z2z models do not support async scheduling (async_scheduling=True, --async-scheduling): "
+            "each step's codebooks need the token sampled in the step before; leave the option out"
+        )
+    if scheduler.async_scheduling is None:
+        logger.info("z2z: async scheduling off (each step's codebooks need the token sampled in the step before)")
+    scheduler.async_scheduling = False
+
+
+def _piecewise_cuda_graphs_only(compilation: CompilationConfig) -> None:
+    """The per-step hypertoken work (codebook slots, device updates, hyper rows) runs in the
+    model's own forward, around the base model: a full CUDA graph would capture it with one
+    step's tensors baked in. Piecewise graphs capture only the compiled base model."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    mode = compilation.cudagraph_mode
+    if mode is None:
+        compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
+        logger.info("z2z: CUDA graphs of the base model only (cudagraph_mode=PIECEWISE): the per-step hypertoken work runs around it")
+    elif mode.has_full_cudagraphs():
+        raise ValueError(
+            f"z2z models do not support full CUDA graphs (cudagraph_mode={mode.name}): they would capture "
+            "the per-step hypertoken work with one step's tensors; use cudagraph_mode=PIECEWISE "
+            "(-cc.cudagraph_mode=PIECEWISE) or leave it unset"
+        )
