@@ -15,7 +15,6 @@ DEMO_MODEL := z2z-smollm2-135m
 # checks its source too; ~340 MB, ~10 s. Keep the version in step with tests/vllm/vllm_source.py.
 VLLM_CUDA_VERSION := 0.33.0
 VLLM_WHEEL_DIR    := .cache/vllm-wheels
-VLLM_WHEEL_STAMP  := $(VLLM_WHEEL_DIR)/.vllm-$(VLLM_CUDA_VERSION)
 
 .PHONY: setup demo test bench fuzz clean vllm-wheel
 
@@ -36,11 +35,9 @@ demo: setup
 	$(BIN)/z2z build-model --out-dir $(MODELS_DIR)
 	VLLM=$(BIN)/vllm bash scripts/serve_demo.sh $(DEMO_MODEL)
 
-vllm-wheel: $(VLLM_WHEEL_STAMP)
-
-$(VLLM_WHEEL_STAMP): | $(STAMP)
-	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: "vllm==$(VLLM_CUDA_VERSION)" -d $(VLLM_WHEEL_DIR)
-	touch $@
+vllm-wheel: | $(STAMP)
+	ls $(VLLM_WHEEL_DIR)/vllm-$(VLLM_CUDA_VERSION)-*.whl > /dev/null 2>&1 \
+	  || $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: "vllm==$(VLLM_CUDA_VERSION)" -d $(VLLM_WHEEL_DIR)
 
 # CI=true: the test of the CUDA wheel's source fails (not skips) if the wheel is missing.
 test: setup vllm-wheel

@@ -74,16 +74,16 @@ PY
     mkdir -p "$OUT"
     step "1. build"
     SECONDS=0
-    Z2Z_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} timeout 300 "$PYTHON" setup.py -q build_ext --inplace
+    Z2Z_BUILD_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} timeout 240 "$PYTHON" setup.py -q build_ext --inplace
     "$PYTHON" -c "import z2z_vllm._cuda_ops, z2z_vllm._codec"
     echo "built in ${SECONDS} s"
     step "2. tests"
     SECONDS=0
-    timeout 180 "$PYTHON" -m pytest -q -m gpu $GPU_TESTS -p no:cacheprovider | tee "$OUT/gpu_tests.txt"
+    timeout 120 "$PYTHON" -m pytest -q -m gpu $GPU_TESTS -p no:cacheprovider | tee "$OUT/gpu_tests.txt"
     echo "tests in ${SECONDS} s"
     step "3. bench"
     SECONDS=0
-    timeout 180 "$PYTHON" benchmarks/gpu_kernels.py --no-build --json "$OUT/gpu_kernels.json" | tee "$OUT/gpu_kernels.txt"
+    timeout 120 "$PYTHON" benchmarks/gpu_kernels.py --no-build --json "$OUT/gpu_kernels.json" | tee "$OUT/gpu_kernels.txt"
     echo "bench in ${SECONDS} s"
     ;;
   *)
