@@ -15,7 +15,14 @@ LOG=$(mktemp -t z2z-serve-XXXX.log)
 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2} "$VLLM" serve "$MODEL" --host 127.0.0.1 --port "$PORT" \
   --max-model-len 2048 --max-num-seqs 8 >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+# A server still starting may not stop on SIGTERM (seen with vLLM 0.32): SIGKILL after 30 s.
+stop_server() {
+  kill "$SERVER" 2>/dev/null || return 0
+  for _ in $(seq 30); do kill -0 "$SERVER" 2>/dev/null || break; sleep 1; done
+  kill -9 "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+}
+trap stop_server EXIT
 
 echo "vllm serve $MODEL on $URL (log: $LOG) ..."
 # A cold start compiles the model: a few minutes on a small, busy CPU.

@@ -150,7 +150,7 @@ def test_transformers_finds_a_registered_export_offline_from_any_folder(tiny_exp
         "config = AutoConfig.from_pretrained('z2z-tiny')\n"
         "print(config.architectures[0], config.z2z['max_subtokens'], AutoTokenizer.from_pretrained('z2z-tiny')('t1 t2').input_ids)\n"
     )
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", script], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["Zip2ZipLlamaForCausalLM", "3", "[1,", "2]"]

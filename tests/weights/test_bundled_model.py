@@ -91,6 +91,7 @@ def test_the_readme_demo_serves_the_bundled_model_by_name(built, tmp_path):
     does) and scripts/serve_demo.sh, which serves the model by its name with `vllm serve`, bound
     to 127.0.0.1, and queries it; from an empty folder, network off."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -110,13 +111,18 @@ def test_the_readme_demo_serves_the_bundled_model_by_name(built, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "VLLM": str(vllm), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
+    demo = subprocess.Popen(
         ["bash", str(root / "scripts/serve_demo.sh"), SHIPPED_MODEL, str(port)],
-        env=env, cwd=empty, capture_output=True, text=True, timeout=900, check=False,
+        env=env, cwd=empty, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    try:
+        stdout, stderr = demo.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)  # the server too: no vLLM left running after the test
+        raise
+    assert demo.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert arguments.read_text().splitlines()[:4] == ["serve", SHIPPED_MODEL, "--host", "127.0.0.1"]
-    completion, chat = (json.loads(part.split("\n", 1)[1]) for part in run.stdout.split("== POST ")[1:])
+    completion, chat = (json.loads(part.split("\n", 1)[1]) for part in stdout.split("== POST ")[1:])
     assert completion["model"] == SHIPPED_MODEL
     assert completion["choices"][0]["text"] and completion["usage"]["completion_tokens"] > 0
     assert chat["choices"][0]["message"]["content"]
