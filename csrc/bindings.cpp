@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "lzw.h"
@@ -313,6 +315,11 @@ class Decoder {
   }
   std::unique_ptr<Decoder> copy() { return std::make_unique<Decoder>(config_, owner_, snapshot()); }
   const py::object& owner() const { return owner_; }
+  const z2z::Config* config() const { return config_.get(); }
+  // For calls that advance many decoders at once (advance_requests): state() only while lock()
+  // is held, and lock() never while waiting for the GIL.
+  std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(mutex_); }
+  z2z::Decoder& state() { return decoder_; }
 
  private:
   static std::vector<Id> read_one_or_many(py::handle ids) {
@@ -336,6 +343,286 @@ class Decoder {
   py::object owner_;  // the LZWCodec, for .codec
   z2z::Decoder decoder_;
   std::mutex mutex_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// One serving step over many requests' decoders: z2z_vllm.vllm.slots.HyperSlots.begin_step.
+
+// Entry contents, concatenated; returned as one [N, W] array padded with -1.
+struct Contents {
+  std::vector<Id> tokens;
+  std::vector<size_t> ends;
+  void add(const Id* begin, size_t size) {
+    tokens.insert(tokens.end(), begin, begin + size);
+    ends.push_back(tokens.size());
+  }
+  size_t width() const {
+    size_t width = 0;
+    for (size_t i = 0, begin = 0; i < ends.size(); begin = ends[i++]) width = std::max(width, ends[i] - begin);
+    return width;
+  }
+  py::array_t<int32_t> padded(size_t width) const {
+    py::array_t<int32_t> array({static_cast<py::ssize_t>(ends.size()), static_cast<py::ssize_t>(width)});
+    int32_t* out = array.mutable_data();
+    std::fill_n(out, array.size(), -1);
+    for (size_t i = 0, begin = 0; i < ends.size(); begin = ends[i++])
+      std::copy(tokens.begin() + begin, tokens.begin() + ends[i], out + i * width);
+    return array;
+  }
+};
+
+template <class T, class Out = T>
+py::array_t<Out> to_array(const std::vector<T>& values) {
+  py::array_t<Out> array(static_cast<py::ssize_t>(values.size()));
+  std::copy(values.begin(), values.end(), array.mutable_data());
+  return array;
+}
+
+PyObject* interned(const char* name) {
+  PyObject* string = PyUnicode_InternFromString(name);
+  if (!string) throw py::error_already_set();
+  return string;  // kept for the life of the module
+}
+
+py::object attribute(PyObject* object, PyObject* name) {
+  PyObject* value = PyObject_GetAttr(object, name);
+  if (!value) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// A request's token list: its prompt, then its outputs (any sequences of ints).
+class TokenList {
+ public:
+  explicit TokenList(PyObject* request) {
+    static PyObject* const prompt_name = interned("prompt");
+    static PyObject* const outputs_name = interned("outputs");
+    prompt_ = fast_sequence(attribute(request, prompt_name));
+    outputs_ = fast_sequence(attribute(request, outputs_name));
+    prompt_size_ = PySequence_Fast_GET_SIZE(prompt_.ptr());
+    size_ = prompt_size_ + PySequence_Fast_GET_SIZE(outputs_.ptr());
+  }
+  // Appends positions [begin, end) to out, clipped to the list's length.
+  void read(int64_t begin, int64_t end, std::vector<Id>& out) const {
+    end = std::min<int64_t>(end, size_);
+    for (int64_t p = std::max<int64_t>(begin, 0); p < end; ++p) out.push_back(at(p));
+  }
+  // The id at `position`, or -1 past the end.
+  Id at_or_missing(int64_t position) const { return position >= 0 && position < size_ ? at(position) : -1; }
+
+ private:
+  static py::object fast_sequence(const py::object& ids) {
+    PyObject* seq = PySequence_Fast(ids.ptr(), "a request's prompt and outputs must be sequences of ids");
+    if (!seq) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(seq);
+  }
+  Id at(int64_t p) const {
+    PyObject* item = p < prompt_size_ ? PySequence_Fast_GET_ITEM(prompt_.ptr(), p)
+                                      : PySequence_Fast_GET_ITEM(outputs_.ptr(), p - prompt_size_);
+    return item_to_id(item, static_cast<size_t>(p));
+  }
+  py::object prompt_, outputs_;
+  int64_t prompt_size_ = 0, size_ = 0;
+};
+
+int64_t int_attribute(PyObject* object, PyObject* name) {
+  return static_cast<int64_t>(attribute(object, name).cast<long long>());
+}
+
+// Brings the decoder of each request's slot to the end of its scheduled range (requests with
+// host[r] false are only read: their first scheduled id). See LZWCodec.advance_requests.
+py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
+                          const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& slots,
+                          const py::sequence& requests,
+                          const py::array_t<bool, py::array::c_style | py::array::forcecast>& host) {
+  const size_t n = requests.size();
+  if (static_cast<size_t>(slots.size()) != n || static_cast<size_t>(host.size()) != n)
+    throw py::value_error("slots and host need one value per request: " + std::to_string(n) + " requests, " +
+                          std::to_string(slots.size()) + " slots, " + std::to_string(host.size()) + " host flags");
+  struct Work {
+    z2z::Decoder* decoder = nullptr;
+    int64_t slot = 0, begin = 0, start = 0;
+    size_t fed_begin = 0, fed_end = 0;
+    bool replay = false;
+  };
+  std::vector<Work> work(n);
+  std::vector<std::unique_lock<std::mutex>> locks;  // released before the GIL is taken back
+  std::vector<uint8_t> taken(decoders.size(), 0);
+  std::vector<Id> fed;
+  std::vector<int64_t> first_token(n);
+  for (size_t r = 0; r < n; ++r) {
+    Work& w = work[r];
+    w.slot = slots.data()[r];
+    if (w.slot < 0 || w.slot >= static_cast<int64_t>(decoders.size()))
+      throw py::value_error("request " + std::to_string(r) + ": slot " + std::to_string(w.slot) +
+                            " is not one of the " + std::to_string(decoders.size()) + " decoders");
+    if (taken[w.slot]++) throw py::value_error("slot " + std::to_string(w.slot) + " appears twice in one step");
+    PyObject* request = requests[r].ptr();
+    static PyObject* const begin_name = interned("begin");
+    static PyObject* const end_name = interned("end");
+    w.begin = int_attribute(request, begin_name);
+    const int64_t end = int_attribute(request, end_name);
+    const TokenList tokens(request);
+    first_token[r] = tokens.at_or_missing(w.begin);
+    if (!host.data()[r]) continue;
+    Decoder& decoder = decoders[w.slot].cast<Decoder&>();
+    if (decoder.config() != &config)
+      throw py::value_error("the decoder of slot " + std::to_string(w.slot) + " belongs to another codec");
+    locks.push_back(decoder.lock());
+    w.decoder = &decoder.state();
+    const int64_t position = static_cast<int64_t>(w.decoder->position());
+    w.replay = position > w.begin;  // it read past the range (recompute): replay from 0
+    w.start = w.replay ? 0 : position;
+    w.fed_begin = fed.size();
+    tokens.read(w.start, end, fed);
+    w.fed_end = fed.size();
+  }
+
+  const Id vocab = config.vocab_size;
+  std::vector<uint8_t> replayed(n, 0), has_candidate(n, 0);
+  std::vector<int64_t> num_entries(n, 0), created_slot, created_index, read_slot, read_index;
+  Contents created_contents, candidates, reads;
+  std::string error;
+  size_t failed = n;
+  {
+    py::gil_scoped_release release;
+    std::vector<Id> created, candidate;
+    for (size_t r = 0; r < n; ++r) {
+      const Work& w = work[r];
+      if (!w.decoder) {
+        candidates.add(nullptr, 0);
+        continue;
+      }
+      z2z::Decoder& decoder = *w.decoder;
+      if (w.replay) decoder.reset();
+      replayed[r] = w.replay;
+      created.clear();
+      try {
+        decoder.feed(fed.data() + w.fed_begin, w.fed_end - w.fed_begin, nullptr, &created);
+      } catch (const z2z::InvalidIds& e) {
+        error = e.what();
+        failed = r;
+        break;
+      }
+      for (Id id : created) {
+        created_slot.push_back(w.slot);
+        created_index.push_back(id - vocab);
+        created_contents.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
+      }
+      num_entries[r] = decoder.num_entries();
+      has_candidate[r] = decoder.candidate(candidate);
+      candidates.add(candidate.data(), has_candidate[r] ? candidate.size() : 0);
+      for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < w.fed_end; ++i) {
+        if (fed[i] < vocab) continue;
+        read_slot.push_back(w.slot);
+        read_index.push_back(fed[i] - vocab);
+        reads.add(decoder.entry(fed[i] - vocab), decoder.entry_size(fed[i] - vocab));
+      }
+    }
+    locks.clear();
+  }
+  if (failed < n) throw py::value_error("request " + std::to_string(failed) + ": " + error);
+
+  const size_t width = std::max<size_t>({1, created_contents.width(), candidates.width(), reads.width()});
+  py::dict result;
+  result["first_token"] = to_array(first_token);
+  result["replayed"] = to_array<uint8_t, bool>(replayed);
+  result["num_entries"] = to_array(num_entries);
+  result["created_slot"] = to_array(created_slot);
+  result["created_index"] = to_array(created_index);
+  result["created_content"] = created_contents.padded(width);
+  result["has_candidate"] = to_array<uint8_t, bool>(has_candidate);
+  result["candidate"] = candidates.padded(width);
+  result["read_slot"] = to_array(read_slot);
+  result["read_index"] = to_array(read_index);
+  result["read_content"] = reads.padded(width);
+  return result;
+}
+
+// Row positions keyed by entry content (base ids; -1 padding ignored) in a ring of `capacity`:
+// the index of z2z_vllm.vllm.slots.RowCache. The oldest insert is overwritten first.
+class RowIndex {
+ public:
+  using Contents2D = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+  explicit RowIndex(long long capacity) {
+    if (capacity < 1) throw py::value_error("capacity must be >= 1, got " + std::to_string(capacity));
+    keys_.resize(static_cast<size_t>(capacity));
+    used_.assign(keys_.size(), 0);
+  }
+
+  // (positions [N]: ring position of each row's content or -1; missing_first [K]: the first row
+  // of each distinct missing content, in order; missing_of [N]: that content's number among
+  // them, or -1 for rows found).
+  py::tuple find(const Contents2D& contents) const {
+    const auto [rows, width] = shape(contents);
+    py::array_t<int64_t> positions(rows), missing_of(rows);
+    std::vector<int64_t> missing_first;
+    {
+      py::gil_scoped_release release;
+      std::unordered_map<std::string, int64_t> missing;
+      std::string key;
+      int64_t* position = positions.mutable_data();
+      int64_t* number = missing_of.mutable_data();
+      for (py::ssize_t r = 0; r < rows; ++r) {
+        make_key(contents.data() + r * width, width, key);
+        const auto found = index_.find(key);
+        position[r] = found == index_.end() ? -1 : found->second;
+        number[r] = -1;
+        if (found != index_.end()) continue;
+        const auto inserted = missing.emplace(key, static_cast<int64_t>(missing_first.size()));
+        if (inserted.second) missing_first.push_back(r);
+        number[r] = inserted.first->second;
+      }
+    }
+    return py::make_tuple(positions, to_array(missing_first), missing_of);
+  }
+
+  // Ring positions given to the rows' contents, in order (the oldest ones evicted).
+  py::array_t<int64_t> insert(const Contents2D& contents) {
+    const auto [rows, width] = shape(contents);
+    py::array_t<int64_t> positions(rows);
+    py::gil_scoped_release release;
+    std::string key;
+    for (py::ssize_t r = 0; r < rows; ++r) {
+      make_key(contents.data() + r * width, width, key);
+      const int64_t position = static_cast<int64_t>(next_);
+      next_ = (next_ + 1) % keys_.size();
+      if (used_[position]) {
+        const auto evicted = index_.find(keys_[position]);
+        if (evicted != index_.end() && evicted->second == position) index_.erase(evicted);
+      }
+      keys_[position] = key;
+      used_[position] = 1;
+      index_[key] = position;
+      positions.mutable_data()[r] = position;
+    }
+    return positions;
+  }
+
+  void clear() {
+    index_.clear();
+    used_.assign(keys_.size(), 0);
+    next_ = 0;
+  }
+  size_t size() const { return index_.size(); }
+  size_t capacity() const { return keys_.size(); }
+
+ private:
+  static std::pair<py::ssize_t, py::ssize_t> shape(const Contents2D& contents) {
+    if (contents.ndim() != 2)
+      throw py::value_error("expected contents of shape [N, W], got " + std::to_string(contents.ndim()) +
+                            " dimensions");
+    return {contents.shape(0), contents.shape(1)};
+  }
+  static void make_key(const int32_t* row, py::ssize_t width, std::string& key) {
+    py::ssize_t length = 0;
+    while (length < width && row[length] >= 0) ++length;
+    key.assign(reinterpret_cast<const char*>(row), static_cast<size_t>(length) * sizeof(int32_t));
+  }
+  std::unordered_map<std::string, int64_t> index_;
+  std::vector<std::string> keys_;  // content at each ring position
+  std::vector<uint8_t> used_;
+  size_t next_ = 0;
 };
 
 // One sequence's codebook as codebook_arrays() reports it, flattened.
@@ -598,6 +885,29 @@ W = longest entry, at most M):
 - ``candidates`` [B, T, W]: after reading position t, the entry that id ``V + (entries known
   at t)`` would define if it came next (the KwKwK case), or all -1 where no such id is valid.
 )doc")
+      .def("advance_requests",
+           [](const Codec& self, const py::list& decoders,
+              const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& slots,
+              const py::sequence& requests, const py::array_t<bool, py::array::c_style | py::array::forcecast>& host) {
+             return advance_requests(*self.config(), decoders, slots, requests, host);
+           },
+           py::arg("decoders"), py::arg("slots"), py::arg("requests"), py::arg("host"),
+           R"doc(One serving step: advances each request's decoder to the end of its scheduled range.
+
+``decoders``: this codec's LZWDecoders by slot; ``slots`` [R]: each request's slot (distinct);
+``requests``: objects with ``prompt`` and ``outputs`` (sequences of ids: the token list is the
+prompt, then the outputs) and ``begin`` / ``end`` (the positions scheduled); ``host`` [R]: bool,
+whether to advance the request's decoder (False: only its first scheduled id is read).
+
+A decoder that has read past ``begin`` is reset and replays from position 0; otherwise it reads
+from its position to ``end``. Raises ValueError naming the request on invalid ids (decoders of
+earlier requests stay advanced). Returns a dict of numpy arrays (R requests, K entries created,
+Q hypertokens read in the scheduled ranges, W = longest content, padded with -1):
+``first_token`` [R] (-1: none), ``replayed`` [R], ``num_entries`` [R], ``created_slot`` /
+``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [R] and ``candidate``
+[R, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slot`` / ``read_index`` [Q] and
+``read_content`` [Q, W]. Values of requests not advanced on the host are 0 / False / -1.
+)doc")
       .def("decoder",
            [](py::object self) {
              return std::make_unique<Decoder>(self.cast<const Codec&>().config(), self);
@@ -615,6 +925,18 @@ W = longest entry, at most M):
                ", max_codebook_size=" + std::to_string(config.codebook_size) +
                ", max_subtokens=" + std::to_string(config.max_subtokens) + ")";
       });
+
+  py::class_<RowIndex>(m, "RowIndex", "Ring positions of rows keyed by entry content (base ids, -1 padding "
+                                        "ignored); the oldest insert is overwritten first.")
+      .def(py::init<long long>(), py::arg("capacity"))
+      .def("find", &RowIndex::find, py::arg("contents"),
+           "contents [N, W] -> (positions [N], -1 where missing; missing_first [K], the first row of "
+           "each distinct missing content in order; missing_of [N], its number among them or -1).")
+      .def("insert", &RowIndex::insert, py::arg("contents"),
+           "Gives the rows' contents [N, W] ring positions, in order, evicting the oldest; returns them.")
+      .def("clear", &RowIndex::clear, "Forgets every content.")
+      .def("__len__", &RowIndex::size)
+      .def_property_readonly("capacity", &RowIndex::capacity);
 
   py::class_<Decoder>(m, "LZWDecoder", kDecoderDoc)
       .def("feed", &Decoder::feed, py::arg("ids"),

@@ -3,6 +3,7 @@ slot reuse, and logits / embeddings against the HF-level model's building blocks
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,10 +22,13 @@ def model():
     return model
 
 
-def make_slots(model, num_slots: int = 4, *, use_kernels: bool = False, device_codebooks: bool = False) -> HyperSlots:
+def make_slots(
+    model, num_slots: int = 4, *, use_kernels: bool = False, device_codebooks: bool = False, native_host: bool = True
+) -> HyperSlots:
     return HyperSlots(
         use_kernels=use_kernels,
         device_codebooks=device_codebooks,
+        native_host=native_host,
         codec=model.codec,
         num_slots=num_slots,
         hidden_size=H,
@@ -262,15 +266,69 @@ def test_row_cache_encodes_each_entry_once_and_survives_eviction():
     def expected(entries):
         return torch.tensor([[float(sum(e)), float(len(e))] for e in entries])
 
+    def cached(entries, width: int = 2):  # contents as begin_step gives them: [N, W], -1 padded
+        return cache(np.array([list(e) + [-1] * (width - len(e)) for e in entries], dtype=np.int32))
+
     cache = RowCache(encode, capacity=3, hidden_size=2, device="cpu", dtype=torch.float32)
     first = [(1, 2), (3,), (1, 2)]
-    torch.testing.assert_close(cache(first), expected(first))
+    torch.testing.assert_close(cached(first), expected(first))
     assert calls == [2]  # duplicates encoded once
-    torch.testing.assert_close(cache([(3,), (1, 2)]), expected([(3,), (1, 2)]))
-    assert calls == [2]  # all cached
+    torch.testing.assert_close(cached([(3,), (1, 2)], width=4), expected([(3,), (1, 2)]))
+    assert calls == [2]  # all cached, whatever the padding
     # More new entries than the ring holds, mixed with cached ones that get overwritten.
     batch = [(1, 2), (4, 5), (6,), (7, 8), (3,), (9,)]
-    torch.testing.assert_close(cache(batch), expected(batch))
+    torch.testing.assert_close(cached(batch), expected(batch))
     assert calls == [2, 4]
-    torch.testing.assert_close(cache([(9,), (7, 8), (6,)]), expected([(9,), (7, 8), (6,)]))
+    torch.testing.assert_close(cached([(9,), (7, 8), (6,)]), expected([(9,), (7, 8), (6,)]))
     assert calls == [2, 4]
+
+
+PARITY_SCHEDULE = [  # (request, stream seed, begin, end) per step, 2 slots
+    [("a", 16, 0, 20), ("b", 17, 0, 30)],  # prefill chunks
+    [("a", 16, 20, 40), ("b", 17, 30, 31)],  # a chunk beside a decode step
+    *[[("a", 16, t, t + 1), ("b", 17, t - 9, t - 8)] for t in range(40, 50)],  # decode steps
+    [("c", 18, 0, 25), ("a", 16, 50, 51)],  # "c" takes over b's slot
+    [("b", 17, 41, 42), ("c", 18, 25, 26)],  # "b" back without its codebook: replayed from 0
+    [("a", 16, 0, 5), ("b", 17, 42, 43)],  # recompute from 0 after preemption
+    *[[("a", 16, t, t + 1), ("b", 17, t + 38, t + 39)] for t in range(5, 12)],
+]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("device_codebooks", [False, True])
+def test_the_native_host_path_matches_the_python_one(model, device_codebooks):
+    """The one native call per step (LZWCodec.advance_requests, RowIndex) leaves the same rows,
+    masks, embeddings and logits as the Python loop per request, entry and token, through
+    chunks, decode steps, slot takeover, replay and recompute."""
+    streams = {seed: stream(model, seed=seed, length=200) for seed in (16, 17, 18)}
+    python = make_slots(model, num_slots=2, native_host=False, device_codebooks=device_codebooks)
+    native = make_slots(model, num_slots=2, device_codebooks=device_codebooks)
+    gen = torch.Generator().manual_seed(0)
+    for step in PARITY_SCHEDULE:
+        requests = [request(name, streams[seed][:end], begin, end) for name, seed, begin, end in step]
+        ids = torch.tensor([t for name, seed, begin, end in step for t in streams[seed][begin:end]])
+        hidden, base = torch.randn(len(step), H, generator=gen), torch.randn(len(step), V, generator=gen)
+        results = []
+        for slots in (python, native):
+            slots.begin_step(requests)
+            results.append((
+                slots.embed(ids, embed_base(model)), slots.logits(hidden, base), slots.output_rows.clone(),
+                slots.input_rows.clone(), slots.candidate_rows.clone(), slots.num_known.clone(),
+                slots.has_candidate.clone(), slots._input_ready.copy(),
+            ))  # fmt: skip
+        for got, want in zip(results[1], results[0]):
+            torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(want))
+
+
+@pytest.mark.parametrize("native_host", [False, True])
+def test_invalid_ids_raise_and_the_step_replays_later(model, native_host):
+    tokens = stream(model, seed=19)
+    slots, fresh = make_slots(model, native_host=native_host), make_slots(model)
+    slots.begin_step([request("a", tokens, 0, 20)])
+    bad = tokens[:20] + [V + C - 1]  # a hypertoken id not defined yet
+    with pytest.raises(ValueError, match="not a defined hypertoken"):
+        slots.begin_step([request("b", tokens, 0, 10), request("a", bad, 20, 21)])
+    slots.begin_step([request("a", tokens, 20, 30)])
+    fresh.begin_step([request("a", tokens, 0, 30)])
+    hidden, base = torch.randn(1, H), torch.randn(1, V)
+    torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))

@@ -12,6 +12,6 @@
 ``z2z_vllm.codec.reference`` holds the same algorithm in plain Python.
 """
 
-from z2z_vllm._codec import LZWCodec, LZWDecoder
+from z2z_vllm._codec import LZWCodec, LZWDecoder, RowIndex
 
-__all__ = ["LZWCodec", "LZWDecoder"]
+__all__ = ["LZWCodec", "LZWDecoder", "RowIndex"]

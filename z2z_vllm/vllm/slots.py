@@ -14,7 +14,10 @@ Per step, :meth:`HyperSlots.begin_step` advances each request's decoder over the
 token list up to the end of its scheduled range (not over the ids the model sees, which skip
 prefix-cached tokens), encodes what changed in one batched call per encoder (rows are cached by
 entry content across requests: :class:`RowCache`), and records which
-slot each scheduled token and each logits row belongs to. A request whose decoder has read
+slot each scheduled token and each logits row belongs to. The decoders advance in one native
+call per step (:meth:`LZWCodec.advance_requests`, GIL released) that returns flat arrays of
+what changed, so no Python loop runs per entry or token; ``native_host=False`` takes the same
+step in Python (:class:`PythonHostPath`, the reference the native path is tested against). A request whose decoder has read
 past the start of its scheduled range (preemption with recompute, discarded tokens) is replayed
 from position 0: the codebook is a function of the token prefix, so replaying is always right.
 
@@ -32,12 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from z2z_vllm import ops
-from z2z_vllm.codec import LZWCodec
+from z2z_vllm.codec import LZWCodec, RowIndex
 
 __all__ = ["HyperSlots", "ScheduledRequest"]
 
@@ -61,59 +65,132 @@ class ScheduledRequest:
         return head + list(self.outputs[max(start - split, 0) : max(stop - split, 0)])
 
 
-def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).to(device)
 
 
 class RowCache:
     """Encoder rows by entry content, shared by every request: a row depends only on the entry's
     base ids, and common entries (and KwKwK candidates) recur across requests and steps, so most
-    steps encode little. A ring of ``capacity`` rows; the oldest insert is overwritten first."""
+    steps encode little. A ring of ``capacity`` rows; the oldest insert is overwritten first.
+    Contents are looked up natively (:class:`z2z_vllm.codec.RowIndex`)."""
 
     def __init__(self, encode: Encoder, *, capacity: int, hidden_size: int, device, dtype: torch.dtype) -> None:
         self.encode = encode
         self.rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
-        self._index: dict[tuple[int, ...], int] = {}
-        self._keys: list[tuple[int, ...] | None] = [None] * capacity
-        self._next = 0
+        self._index = RowIndex(capacity)
 
-    def __call__(self, entries: Sequence[tuple[int, ...]]) -> torch.Tensor:
-        """Rows [N, H] of ``entries`` (tuples of base ids), encoding the ones not cached."""
+    def __call__(self, entries: np.ndarray) -> torch.Tensor:
+        """Rows [N, H] of ``entries`` ([N, W] base ids, -1 padded), encoding the ones not cached."""
         device = self.rows.device
+        positions, missing_first, missing_of = self._index.find(entries)
+        if not len(missing_first):
+            return self.rows.index_select(0, _on(device, positions))
+        # Integer indices throughout: boolean-mask indexing cost several times more per step.
         out = self.rows.new_empty(len(entries), self.rows.shape[1])
-        hits = [(i, self._index[e]) for i, e in enumerate(entries) if e in self._index]
-        if hits:  # read before inserting: an insert may overwrite a row read here
-            where, index = (torch.tensor(column, device=device) for column in zip(*hits))
-            out[where] = self.rows[index]
-        missing = list(dict.fromkeys(e for e in entries if e not in self._index))
-        if missing:
-            encoded = self.encode(_padded(missing, device)).to(self.rows.dtype)
-            position = {key: row for row, key in enumerate(missing)}
-            misses = [(i, position[e]) for i, e in enumerate(entries) if e in position]
-            where, index = (torch.tensor(column, device=device) for column in zip(*misses))
-            out[where] = encoded[index]
-            self._insert(missing[-len(self._keys) :], encoded[-len(self._keys) :])
+        found = np.flatnonzero(positions >= 0)
+        if len(found):  # read before inserting: an insert may overwrite a row read here
+            out.index_copy_(0, _on(device, found), self.rows.index_select(0, _on(device, positions[found])))
+        missing = entries[missing_first]
+        width = int((missing >= 0).sum(1).max())  # the encoder sees no all-padding columns
+        encoded = self.encode(_on(device, missing[:, :width].astype(np.int64))).to(self.rows.dtype)
+        not_found = np.flatnonzero(positions < 0)
+        out.index_copy_(0, _on(device, not_found), encoded.index_select(0, _on(device, missing_of[not_found])))
+        capacity = self._index.capacity
+        self.rows.index_copy_(0, _on(device, self._index.insert(missing[-capacity:])), encoded[-capacity:])
         return out
 
     def clear(self) -> None:
         """Forgets every row (the encoder's weights changed)."""
         self._index.clear()
-        self._keys = [None] * len(self._keys)
-        self._next = 0
 
-    def _insert(self, keys: list[tuple[int, ...]], rows: torch.Tensor) -> None:
-        positions = []
-        for key in keys:
-            position = self._next
-            self._next = (self._next + 1) % len(self._keys)
-            evicted = self._keys[position]
-            if evicted is not None:
-                del self._index[evicted]
-            self._keys[position] = key
-            self._index[key] = position
-            positions.append(position)
-        self.rows[torch.tensor(positions, device=self.rows.device)] = rows
+
+class StepAdvance(NamedTuple):
+    """What advancing the decoders of a step changed (arrays; see
+    :meth:`z2z_vllm.codec.LZWCodec.advance_requests`, which returns them natively). R requests,
+    K entries created, Q hypertokens read in the scheduled ranges; contents [., W] -1 padded;
+    requests not advanced on the host have 0 / False / -1."""
+
+    first_token: np.ndarray  # [R] the id at each request's begin (-1: none)
+    replayed: np.ndarray  # [R] bool: the decoder was reset and replayed from position 0
+    num_entries: np.ndarray  # [R]
+    created_slot: np.ndarray  # [K]
+    created_index: np.ndarray  # [K]
+    created_content: np.ndarray  # [K, W]
+    has_candidate: np.ndarray  # [R] bool
+    candidate: np.ndarray  # [R, W]: the KwKwK entry, all -1 where none
+    read_slot: np.ndarray  # [Q]
+    read_index: np.ndarray  # [Q]
+    read_content: np.ndarray  # [Q, W]
+
+
+def _padded(contents: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    array = np.full((len(contents), width), -1, dtype=np.int32)
+    for row, content in enumerate(contents):
+        array[row, : len(content)] = content
+    return array
+
+
+class NativeHostPath:
+    """The decoders of every slot, advanced in one native call per step."""
+
+    def __init__(self, codec: LZWCodec, num_slots: int) -> None:
+        self.codec = codec
+        self.decoders = [codec.decoder() for _ in range(num_slots)]
+
+    def reset(self, slot: int) -> None:
+        self.decoders[slot].reset()
+
+    def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
+        return StepAdvance(**self.codec.advance_requests(self.decoders, slots, requests, host))
+
+
+class PythonHostPath(NativeHostPath):
+    """The same step with a Python loop per request, entry and token: the reference the native
+    path is tested and benchmarked against."""
+
+    def __init__(self, codec: LZWCodec, num_slots: int) -> None:
+        super().__init__(codec, num_slots)
+        self._entries: list[list[tuple[int, ...]]] = [[] for _ in range(num_slots)]  # base ids per entry
+
+    def reset(self, slot: int) -> None:
+        super().reset(slot)
+        self._entries[slot] = []
+
+    def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
+        V, R = self.codec.initial_vocab_size, len(requests)
+        first_token = np.full(R, -1, dtype=np.int64)
+        replayed, has_candidate = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
+        num_entries = np.zeros(R, dtype=np.int64)
+        created: list[tuple[int, int, tuple[int, ...]]] = []
+        candidates: list[tuple[int, ...]] = []
+        reads: list[tuple[int, int, tuple[int, ...]]] = []
+        for r, (request, slot) in enumerate(zip(requests, slots.tolist())):
+            scheduled = request.tokens(request.begin, request.end)
+            first_token[r] = scheduled[0] if scheduled else -1
+            if not host[r]:
+                candidates.append(())
+                continue
+            decoder, entries = self.decoders[slot], self._entries[slot]
+            if decoder.position > request.begin:
+                self.reset(slot)
+                replayed[r] = True
+            for hyper_id, subtokens in decoder.feed(request.tokens(decoder.position, request.end)):
+                created.append((slot, hyper_id - V, subtokens))
+                entries.append(subtokens)
+            candidate = decoder.candidate
+            has_candidate[r] = candidate is not None
+            candidates.append(candidate[1] if candidate is not None else ())
+            num_entries[r] = len(entries)
+            reads.extend((slot, token - V, entries[token - V]) for token in scheduled if token >= V)
+        width = max([1] + [len(c) for _, _, c in created] + [len(c) for c in candidates] + [len(c) for _, _, c in reads])
+        return StepAdvance(
+            first_token, replayed, num_entries,
+            np.array([s for s, _, _ in created], dtype=np.int64), np.array([e for _, e, _ in created], dtype=np.int64),
+            _padded([c for _, _, c in created], width), has_candidate, _padded(candidates, width),
+            np.array([s for s, _, _ in reads], dtype=np.int64), np.array([e for _, e, _ in reads], dtype=np.int64),
+            _padded([c for _, _, c in reads], width),
+        )  # fmt: skip
 
 
 def _write_rows(table: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
@@ -140,6 +217,7 @@ class HyperSlots:
         use_kernels: bool | None = None,
         device_codebooks: bool | None = None,
         cache_rows: int = 16384,
+        native_host: bool = True,
     ) -> None:
         self.codec = codec
         self.num_slots = num_slots
@@ -167,8 +245,7 @@ class HyperSlots:
         self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
         self._step = 0
         self._last_step = np.zeros(S, dtype=np.int64)  # the step each slot was last scheduled in
-        self._decoders = [codec.decoder() for _ in range(S)]
-        self._entries: list[list[tuple[int, ...]]] = [[] for _ in range(S)]  # base ids per entry
+        self.host = (NativeHostPath if native_host else PythonHostPath)(codec, S)
         self._input_ready = np.zeros((S, C), dtype=bool)
         # Host copies of num_known / has_candidate, written to the device once per step.
         self._num_known_host = np.zeros(S, dtype=np.int64)
@@ -223,8 +300,7 @@ class HyperSlots:
 
     def _reset(self, slot: int) -> None:
         self._device_position[slot] = -1
-        self._decoders[slot].reset()
-        self._entries[slot] = []
+        self.host.reset(slot)
         self._input_ready[slot] = False
         self._num_known_host[slot] = 0
         self._has_candidate_host[slot] = False
@@ -233,103 +309,91 @@ class HyperSlots:
 
     def begin_step(self, requests: Sequence[ScheduledRequest]) -> None:
         """Brings every scheduled request's codebook to the end of its scheduled range and
-        encodes the rows this step needs. Raises ``ValueError`` on an invalid token list."""
-        V = self.vocab_size
+        encodes the rows this step needs. Raises ``ValueError`` on an invalid token list (the
+        step's requests then replay their codebooks at their next step)."""
         device = self.num_known.device
         self._step += 1
-        new_keys: list[tuple[int, int]] = []  # (slot, entry) whose output row is due
-        candidates: list[tuple[int, list[int]]] = []
-        reads: list[tuple[int, int]] = []  # (slot, entry) read as input this step
-        slots: list[int] = []
-        counts: list[int] = []
-        on_device: list[tuple[int, int, int]] = []  # (slot, token, position) of device decode steps
-        seeds: list[int] = []  # slots whose device copy follows their host decoder after this step
-        for request in requests:
-            slot = self.slot(request.req_id)
-            slots.append(slot)
-            counts.append(request.end - request.begin)
-            if self.device_codebooks:
-                if request.end == request.begin + 1 and self._device_position[slot] == request.begin:
-                    on_device.append((slot, request.tokens(request.begin, request.end)[0], request.begin))
-                    continue
-                seeds.append(slot)
-            decoder = self._decoders[slot]
-            if decoder.position > request.begin:
+        slots = np.array([self.slot(request.req_id) for request in requests], dtype=np.int64)
+        host = np.ones(len(slots), dtype=bool)
+        if self.device_codebooks:  # decode steps where the device copy stands run there
+            begins = np.array([request.begin for request in requests], dtype=np.int64)
+            ends = np.array([request.end for request in requests], dtype=np.int64)
+            host = (ends != begins + 1) | (self._device_position[slots] != begins)
+        try:
+            step = self.host.advance(requests, slots, host)
+        except ValueError:
+            for slot in slots.tolist():
                 self._reset(slot)
-            entries = self._entries[slot]
-            for hyper_id, subtokens in decoder.feed(request.tokens(decoder.position, request.end)):
-                new_keys.append((slot, hyper_id - V))
-                entries.append(tuple(subtokens))
-            candidate = decoder.candidate
-            self._has_candidate_host[slot] = candidate is not None
-            if candidate is not None:
-                candidates.append((slot, tuple(candidate[1])))
-            self._num_known_host[slot] = len(entries)
-            reads.extend(
-                (slot, token - V) for token in request.tokens(request.begin, request.end) if token >= V
-            )
+            raise
+        self._input_ready[slots[step.replayed]] = False
+        host_slots = slots[host]
+        self._num_known_host[host_slots] = step.num_entries[host]
+        self._has_candidate_host[host_slots] = step.has_candidate[host]
 
-        self._encode_outputs(new_keys, candidates, device)
-        self._encode_inputs(reads, device)
+        self._encode_outputs(step, slots, device)
+        self._encode_inputs(step, device)
         self.num_known.copy_(torch.from_numpy(self._num_known_host))
         self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
         # Columns any row of this step can use: defined entries plus one KwKwK candidate (all of
         # them when the device advanced some codebook: the host does not know how far).
         self._columns_used = min(int(self._num_known_host[slots].max(initial=0)) + 1, self.codebook_size)
-        for slot in seeds:
-            decoder = self._decoders[slot]
-            self.state.load_(slot, self._entries[slot], decoder.known_at, decoder.buffer)
-            self._device_position[slot] = decoder.position
-        if on_device:
-            self._advance_on_device(on_device, device)
-            self._columns_used = self.codebook_size
-        self._row_slots = torch.tensor(slots, dtype=torch.long, device=device)
-        self._token_slots = torch.repeat_interleave(
-            self._row_slots, torch.tensor(counts, dtype=torch.long, device=device)
-        )
+        if self.device_codebooks:
+            for slot in host_slots.tolist():  # the device copy follows the host decoder again
+                decoder = self.host.decoders[slot]
+                self.state.load_(slot, list(decoder.codebook.values()), decoder.known_at, decoder.buffer)
+                self._device_position[slot] = decoder.position
+            if not host.all():
+                on_device = ~host
+                self._advance_on_device(slots[on_device], step.first_token[on_device], device)
+                self._columns_used = self.codebook_size
+        self._row_slots = _on(device, slots)
+        # np.repeat, not torch.repeat_interleave: the latter cost ~10 ms a step on a loaded CPU.
+        counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
+        self._token_slots = _on(device, np.repeat(slots, counts))
 
-    def _advance_on_device(self, steps: list[tuple[int, int, int]], device: torch.device) -> None:
-        """Decode steps of ``(slot, token, position)``: the batched codebook update, then the rows
-        it makes due (the entry created, the next KwKwK candidate, the input row of a hypertoken
-        read), all on the device. Rows are encoded for every request of the batch, needed or not:
-        choosing would need the kernel's results on the host."""
-        slots, tokens, positions = (torch.tensor(column, device=device) for column in zip(*steps))
-        update = ops.codebook_update(self.state, tokens, slots, positions)
-        slots = slots.long()
+    def _advance_on_device(self, slots: np.ndarray, tokens: np.ndarray, device: torch.device) -> None:
+        """Decode steps of ``slots`` reading ``tokens`` at their device copy's position: the
+        batched codebook update, then the rows it makes due (the entry created, the next KwKwK
+        candidate, the input row of a hypertoken read), all on the device. Rows are encoded for
+        every request of the batch, needed or not: choosing would need the kernel's results on
+        the host."""
+        positions = self._device_position[slots]
+        slots_on, tokens_on = _on(device, slots), _on(device, tokens)
+        update = ops.codebook_update(self.state, tokens_on, slots_on, _on(device, positions))
         created = update.created.long()
-        content = self.state.entries[slots, created.clamp(min=0)].long()
+        content = self.state.entries[slots_on, created.clamp(min=0)].long()
         rows = self.encode_outputs(torch.cat([content, update.candidate.long()]))
-        _write_rows(self.output_rows, slots, created, rows[: len(steps)])
-        self.candidate_rows[slots] = rows[len(steps) :].to(self.candidate_rows.dtype)
-        self.has_candidate[slots] = update.candidate[:, 0] >= 0
-        self.num_known[slots] = self.state.num_entries[slots].long()
-        read = torch.where(tokens >= self.vocab_size, tokens - self.vocab_size, -1).long()
-        _write_rows(self.input_rows, slots, read, self.encode_inputs(update.expansion.long()))
-        self._device_position[[slot for slot, _, _ in steps]] += 1
+        _write_rows(self.output_rows, slots_on, created, rows[: len(slots)])
+        self.candidate_rows[slots_on] = rows[len(slots) :].to(self.candidate_rows.dtype)
+        self.has_candidate[slots_on] = update.candidate[:, 0] >= 0
+        self.num_known[slots_on] = self.state.num_entries[slots_on].long()
+        read = torch.where(tokens_on >= self.vocab_size, tokens_on - self.vocab_size, -1).long()
+        _write_rows(self.input_rows, slots_on, read, self.encode_inputs(update.expansion.long()))
+        self._device_position[slots] += 1
 
-    def _encode_outputs(
-        self, keys: list[tuple[int, int]], candidates: list[tuple[int, tuple[int, ...]]], device: torch.device
-    ) -> None:
-        if not keys and not candidates:
+    def _encode_outputs(self, step: StepAdvance, slots: np.ndarray, device: torch.device) -> None:
+        """Output rows of the entries created and the KwKwK candidates, in one encoder call."""
+        with_candidate = np.flatnonzero(step.has_candidate)
+        created = len(step.created_slot)
+        if not created and not len(with_candidate):
             return
-        subtokens = [self._entries[slot][entry] for slot, entry in keys] + [ids for _, ids in candidates]
-        rows = self.output_cache(subtokens)
-        if keys:
-            slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*keys))
-            self.output_rows[slot_index, entry_index] = rows[: len(keys)]
-        if candidates:
-            slot_index = torch.tensor([slot for slot, _ in candidates], device=device)
-            self.candidate_rows[slot_index] = rows[len(keys) :]
+        rows = self.output_cache(np.concatenate([step.created_content, step.candidate[with_candidate]]))
+        if created:
+            self.output_rows[_on(device, step.created_slot), _on(device, step.created_index)] = rows[:created]
+        if len(with_candidate):
+            self.candidate_rows[_on(device, slots[with_candidate])] = rows[created:]
 
-    def _encode_inputs(self, reads: list[tuple[int, int]], device: torch.device) -> None:
-        due = sorted({key for key in reads if not self._input_ready[key]})
-        if not due:
+    def _encode_inputs(self, step: StepAdvance, device: torch.device) -> None:
+        """Input rows of the hypertokens read whose rows their slot does not hold yet."""
+        keys, first = np.unique(step.read_slot * self.codebook_size + step.read_index, return_index=True)
+        due = ~self._input_ready.ravel()[keys]
+        keys, first = keys[due], first[due]
+        if not len(keys):
             return
-        rows = self.input_cache([self._entries[slot][entry] for slot, entry in due])
-        slot_index, entry_index = (torch.tensor(column, device=device) for column in zip(*due))
-        self.input_rows[slot_index, entry_index] = rows
-        for key in due:
-            self._input_ready[key] = True
+        rows = self.input_cache(step.read_content[first])
+        slot_index, entry_index = np.divmod(keys, self.codebook_size)
+        self.input_rows[_on(device, slot_index), _on(device, entry_index)] = rows
+        self._input_ready.ravel()[keys] = True
 
     # -- model hooks --------------------------------------------------------------------------
 

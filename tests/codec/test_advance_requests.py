@@ -1,0 +1,102 @@
+"""LZWCodec.advance_requests (one serving step over many decoders) and RowIndex (row positions
+by entry content): results against the incremental decoder, and clear errors for bad input."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from z2z_vllm.codec import LZWCodec, RowIndex
+
+V, C, M = 20, 8, 3
+
+
+@pytest.fixture
+def codec():
+    return LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M)
+
+
+def req(tokens, begin, end, split=None):
+    split = len(tokens) if split is None else split
+    return SimpleNamespace(prompt=tokens[:split], outputs=tokens[split:], begin=begin, end=end)
+
+
+def padded(rows):
+    width = max([1] + [len(r) for r in rows])
+    return [list(r) + [-1] * (width - len(r)) for r in rows]
+
+
+def test_a_step_matches_feeding_each_decoder(codec):
+    a, b = codec.encode([1, 2, 1, 2, 1, 2, 3, 1, 2, 3]), codec.encode([4, 5, 4, 5, 4, 5, 4])
+    decoders = [codec.decoder() for _ in range(3)]
+    step = codec.advance_requests(decoders, np.array([2, 0]), [req(a, 0, 4), req(b, 0, len(b), split=2)], np.array([True, True]))
+    expected = [codec.decoder(), codec.decoder()]
+    created = [e.feed(tokens) for e, tokens in zip(expected, (a[:4], b))]
+    assert step["created_slot"].tolist() == [2] * len(created[0]) + [0] * len(created[1])
+    assert step["created_index"].tolist() == [h - V for c in created for h, _ in c]
+    width = step["created_content"].shape[1]
+    assert step["created_content"].tolist() == [r + [-1] * (width - len(r)) for r in padded([s for c in created for _, s in c])]
+    assert step["num_entries"].tolist() == [e.num_entries for e in expected]
+    candidates = [e.candidate for e in expected]
+    assert step["has_candidate"].tolist() == [c is not None for c in candidates]
+    for row, candidate in zip(step["candidate"].tolist(), candidates):
+        assert [t for t in row if t >= 0] == (list(candidate[1]) if candidate else [])
+    reads = [(slot, t - V) for slot, tokens in ((2, a[:4]), (0, b)) for t in tokens if t >= V]
+    assert list(zip(step["read_slot"].tolist(), step["read_index"].tolist())) == reads
+    assert step["first_token"].tolist() == [a[0], b[0]] and not step["replayed"].any()
+    assert decoders[2].position == 4 and decoders[0].position == len(b) and decoders[1].position == 0
+
+
+def test_decoders_catch_up_replay_and_skip(codec):
+    tokens = codec.encode([1, 2, 1, 2, 1, 2, 3, 1, 2, 3])
+    decoders = [codec.decoder(), codec.decoder()]
+    decoders[0].feed(tokens[:6])  # read past begin: replayed from 0
+    decoders[1].feed(tokens[:1])  # behind begin: catches up
+    step = codec.advance_requests(decoders, np.array([0, 1]), [req(tokens, 2, 3), req(tokens, 3, 4)], np.array([True, True]))
+    assert step["replayed"].tolist() == [True, False]
+    assert [d.position for d in decoders] == [3, 4]
+    assert decoders[0].codebook == codec.codebook(tokens[:3])
+    skipped = codec.advance_requests(decoders, np.array([1]), [req(tokens, 4, 5)], np.array([False]))
+    assert decoders[1].position == 4 and skipped["first_token"].tolist() == [tokens[4]]
+    assert skipped["candidate"].tolist() == [[-1]] and len(skipped["created_slot"]) == 0
+
+
+def test_bad_input_raises_clear_errors(codec):
+    decoders = [codec.decoder(), codec.decoder()]
+    ok = req([1, 2], 0, 2)
+    with pytest.raises(ValueError, match="request 1: id 27 at position 0 is not a defined hypertoken"):
+        codec.advance_requests(decoders, np.array([0, 1]), [ok, req([V + C - 1], 0, 1)], np.array([True, True]))
+    assert decoders[1].position == 0  # the failing request's decoder is unchanged
+    with pytest.raises(ValueError, match="slot 0 appears twice"):
+        codec.advance_requests(decoders, np.array([0, 0]), [ok, ok], np.array([True, True]))
+    with pytest.raises(ValueError, match="slot 5 is not one of the 2 decoders"):
+        codec.advance_requests(decoders, np.array([5]), [ok], np.array([True]))
+    with pytest.raises(ValueError, match="one value per request"):
+        codec.advance_requests(decoders, np.array([0]), [ok, ok], np.array([True]))
+    other = LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M).decoder()
+    with pytest.raises(ValueError, match="belongs to another codec"):
+        codec.advance_requests([other], np.array([0]), [ok], np.array([True]))
+    with pytest.raises(ValueError, match="is negative"):
+        codec.advance_requests(decoders, np.array([0]), [req([1, -3], 0, 2)], np.array([True]))
+
+
+def test_row_index_finds_inserts_and_evicts_oldest():
+    index = RowIndex(3)
+    contents = np.array([[1, 2, -1], [3, -1, -1], [1, 2, -1]], dtype=np.int32)
+    positions, missing_first, missing_of = index.find(contents)
+    assert positions.tolist() == [-1, -1, -1]
+    assert missing_first.tolist() == [0, 1] and missing_of.tolist() == [0, 1, 0]
+    assert index.insert(contents[missing_first]).tolist() == [0, 1]
+    positions, missing_first, _ = index.find(np.array([[3, -1], [1, 2]], dtype=np.int32))  # padding ignored
+    assert positions.tolist() == [1, 0] and len(missing_first) == 0
+    assert index.insert(np.array([[7], [8]], dtype=np.int32)).tolist() == [2, 0]  # (1, 2) evicted
+    assert index.find(np.array([[1, 2], [8, -1]], dtype=np.int32))[0].tolist() == [-1, 0]
+    assert len(index) == 3
+    index.clear()
+    assert len(index) == 0 and index.find(np.array([[3]], dtype=np.int32))[0].tolist() == [-1]
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        RowIndex(0)
+    with pytest.raises(ValueError, match=r"shape \[N, W\]"):
+        index.find(np.array([1, 2], dtype=np.int32))
