@@ -538,16 +538,52 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   return result;
 }
 
-// Row positions keyed by entry content (base ids; -1 padding ignored) in a ring of `capacity`:
-// the index of z2z_vllm.vllm.slots.RowCache. The oldest insert is overwritten first.
+// Open addressing with linear probing: slots of (hash, value), value -1 when empty.
+struct HashSlot {
+  uint64_t hash;
+  int64_t value;
+};
+
+uint64_t hash_row(const int32_t* row, size_t length) {
+  uint64_t h = 0x9e3779b97f4a7c15ULL ^ length;
+  for (size_t i = 0; i < length; ++i) {
+    h = (h ^ static_cast<uint32_t>(row[i])) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+  }
+  return h;
+}
+
+// The slot whose value has this hash and satisfies same(value), or the empty slot where it goes.
+template <class Same>
+size_t probe(const std::vector<HashSlot>& table, uint64_t hash, Same same) {
+  const size_t mask = table.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    if (table[i].value < 0 || (table[i].hash == hash && same(table[i].value))) return i;
+  }
+}
+
+std::vector<HashSlot> empty_table(size_t entries) {
+  size_t size = 16;
+  while (size < 2 * entries) size <<= 1;
+  return std::vector<HashSlot>(size, HashSlot{0, -1});
+}
+
+// Row positions keyed by entry content (up to `width` base ids; -1 padding ignored) in a ring
+// of `capacity`: the index of z2z_vllm.vllm.slots.RowCache. The oldest insert is overwritten
+// first. Contents are stored inline, so a look-up touches one table slot and one key row.
 class RowIndex {
  public:
   using Contents2D = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
-  explicit RowIndex(long long capacity) {
+  RowIndex(long long capacity, long long width) {
     if (capacity < 1) throw py::value_error("capacity must be >= 1, got " + std::to_string(capacity));
-    keys_.resize(static_cast<size_t>(capacity));
-    used_.assign(keys_.size(), 0);
+    if (width < 1) throw py::value_error("width must be >= 1, got " + std::to_string(width));
+    width_ = static_cast<size_t>(width);
+    keys_.resize(static_cast<size_t>(capacity) * width_);
+    lengths_.resize(static_cast<size_t>(capacity));
+    hashes_.resize(static_cast<size_t>(capacity));
+    table_ = empty_table(lengths_.size());
+    clear();
   }
 
   // (positions [N]: ring position of each row's content or -1; missing_first [K]: the first row
@@ -559,19 +595,25 @@ class RowIndex {
     std::vector<int64_t> missing_first;
     {
       py::gil_scoped_release release;
-      std::unordered_map<std::string, int64_t> missing;
-      std::string key;
+      std::vector<HashSlot> missing = empty_table(static_cast<size_t>(rows));
       int64_t* position = positions.mutable_data();
       int64_t* number = missing_of.mutable_data();
       for (py::ssize_t r = 0; r < rows; ++r) {
-        make_key(contents.data() + r * width, width, key);
-        const auto found = index_.find(key);
-        position[r] = found == index_.end() ? -1 : found->second;
+        const int32_t* row = contents.data() + r * width;
+        const size_t length = content_length(row, width);
+        const uint64_t hash = hash_row(row, length);
+        position[r] = table_[locate(hash, row, length)].value;
         number[r] = -1;
-        if (found != index_.end()) continue;
-        const auto inserted = missing.emplace(key, static_cast<int64_t>(missing_first.size()));
-        if (inserted.second) missing_first.push_back(r);
-        number[r] = inserted.first->second;
+        if (position[r] >= 0) continue;
+        HashSlot& slot = missing[probe(missing, hash, [&](int64_t k) {
+          const int32_t* first = contents.data() + missing_first[k] * width;
+          return content_length(first, width) == length && std::equal(row, row + length, first);
+        })];
+        if (slot.value < 0) {
+          slot = HashSlot{hash, static_cast<int64_t>(missing_first.size())};
+          missing_first.push_back(r);
+        }
+        number[r] = slot.value;
       }
     }
     return py::make_tuple(positions, to_array(missing_first), missing_of);
@@ -582,30 +624,33 @@ class RowIndex {
     const auto [rows, width] = shape(contents);
     py::array_t<int64_t> positions(rows);
     py::gil_scoped_release release;
-    std::string key;
     for (py::ssize_t r = 0; r < rows; ++r) {
-      make_key(contents.data() + r * width, width, key);
-      const int64_t position = static_cast<int64_t>(next_);
-      next_ = (next_ + 1) % keys_.size();
-      if (used_[position]) {
-        const auto evicted = index_.find(keys_[position]);
-        if (evicted != index_.end() && evicted->second == position) index_.erase(evicted);
-      }
-      keys_[position] = key;
-      used_[position] = 1;
-      index_[key] = position;
-      positions.mutable_data()[r] = position;
+      const int32_t* row = contents.data() + r * width;
+      const size_t length = content_length(row, width);
+      const uint64_t hash = hash_row(row, length);
+      const size_t position = next_;
+      next_ = (next_ + 1) % lengths_.size();
+      if (lengths_[position] >= 0) erase(locate(hashes_[position], key(position), lengths_[position]));
+      const size_t found = locate(hash, row, length);
+      if (table_[found].value >= 0) erase(found);  // the content moves to its new position
+      std::copy(row, row + length, keys_.begin() + position * width_);
+      lengths_[position] = static_cast<int64_t>(length);
+      hashes_[position] = hash;
+      table_[locate(hash, row, length)] = HashSlot{hash, static_cast<int64_t>(position)};
+      positions.mutable_data()[r] = static_cast<int64_t>(position);
     }
     return positions;
   }
 
   void clear() {
-    index_.clear();
-    used_.assign(keys_.size(), 0);
+    std::fill(table_.begin(), table_.end(), HashSlot{0, -1});
+    std::fill(lengths_.begin(), lengths_.end(), -1);
     next_ = 0;
   }
-  size_t size() const { return index_.size(); }
-  size_t capacity() const { return keys_.size(); }
+  size_t size() const {
+    return static_cast<size_t>(std::count_if(lengths_.begin(), lengths_.end(), [](int64_t n) { return n >= 0; }));
+  }
+  size_t capacity() const { return lengths_.size(); }
 
  private:
   static std::pair<py::ssize_t, py::ssize_t> shape(const Contents2D& contents) {
@@ -614,14 +659,41 @@ class RowIndex {
                             " dimensions");
     return {contents.shape(0), contents.shape(1)};
   }
-  static void make_key(const int32_t* row, py::ssize_t width, std::string& key) {
-    py::ssize_t length = 0;
-    while (length < width && row[length] >= 0) ++length;
-    key.assign(reinterpret_cast<const char*>(row), static_cast<size_t>(length) * sizeof(int32_t));
+  size_t content_length(const int32_t* row, py::ssize_t width) const {
+    size_t length = 0;
+    while (static_cast<py::ssize_t>(length) < width && row[length] >= 0) ++length;
+    if (length > width_)
+      throw z2z::InvalidIds("a content of " + std::to_string(length) + " ids is longer than the index's width " +
+                            std::to_string(width_));
+    return length;
   }
-  std::unordered_map<std::string, int64_t> index_;
-  std::vector<std::string> keys_;  // content at each ring position
-  std::vector<uint8_t> used_;
+  const int32_t* key(size_t position) const { return keys_.data() + position * width_; }
+  size_t locate(uint64_t hash, const int32_t* row, size_t length) const {
+    return probe(table_, hash, [&](int64_t position) {
+      return lengths_[position] == static_cast<int64_t>(length) && std::equal(row, row + length, key(position));
+    });
+  }
+  // Backward-shift deletion: later slots of the probe run move up, so no search stops early.
+  void erase(size_t i) {
+    const size_t mask = table_.size() - 1;
+    for (size_t j = i;;) {
+      table_[i].value = -1;
+      for (;;) {
+        j = (j + 1) & mask;
+        if (table_[j].value < 0) return;
+        const size_t home = table_[j].hash & mask;
+        if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;  // stays reachable
+        break;
+      }
+      table_[i] = table_[j];
+      i = j;
+    }
+  }
+  size_t width_ = 0;
+  std::vector<int32_t> keys_;     // [capacity, width]: the content at each ring position
+  std::vector<int64_t> lengths_;  // its length, -1: unused
+  std::vector<uint64_t> hashes_;
+  std::vector<HashSlot> table_;   // content -> ring position
   size_t next_ = 0;
 };
 
@@ -926,9 +998,10 @@ Q hypertokens read in the scheduled ranges, W = longest content, padded with -1)
                ", max_subtokens=" + std::to_string(config.max_subtokens) + ")";
       });
 
-  py::class_<RowIndex>(m, "RowIndex", "Ring positions of rows keyed by entry content (base ids, -1 padding "
-                                        "ignored); the oldest insert is overwritten first.")
-      .def(py::init<long long>(), py::arg("capacity"))
+  py::class_<RowIndex>(m, "RowIndex", "Ring positions of rows keyed by entry content (up to width base ids, "
+                                        "-1 padding ignored); the oldest insert is overwritten first. Longer "
+                                        "contents raise ValueError.")
+      .def(py::init<long long, long long>(), py::arg("capacity"), py::arg("width"))
       .def("find", &RowIndex::find, py::arg("contents"),
            "contents [N, W] -> (positions [N], -1 where missing; missing_first [K], the first row of "
            "each distinct missing content in order; missing_of [N], its number among them or -1).")

@@ -83,7 +83,7 @@ def test_bad_input_raises_clear_errors(codec):
 
 
 def test_row_index_finds_inserts_and_evicts_oldest():
-    index = RowIndex(3)
+    index = RowIndex(3, 2)
     contents = np.array([[1, 2, -1], [3, -1, -1], [1, 2, -1]], dtype=np.int32)
     positions, missing_first, missing_of = index.find(contents)
     assert positions.tolist() == [-1, -1, -1]
@@ -96,7 +96,9 @@ def test_row_index_finds_inserts_and_evicts_oldest():
     assert len(index) == 3
     index.clear()
     assert len(index) == 0 and index.find(np.array([[3]], dtype=np.int32))[0].tolist() == [-1]
+    with pytest.raises(ValueError, match="longer than the index's width 2"):
+        index.find(np.array([[1, 2, 3]], dtype=np.int32))
     with pytest.raises(ValueError, match="capacity must be >= 1"):
-        RowIndex(0)
+        RowIndex(0, 2)
     with pytest.raises(ValueError, match=r"shape \[N, W\]"):
         index.find(np.array([1, 2], dtype=np.int32))

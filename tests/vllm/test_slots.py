@@ -269,7 +269,7 @@ def test_row_cache_encodes_each_entry_once_and_survives_eviction():
     def cached(entries, width: int = 2):  # contents as begin_step gives them: [N, W], -1 padded
         return cache(np.array([list(e) + [-1] * (width - len(e)) for e in entries], dtype=np.int32))
 
-    cache = RowCache(encode, capacity=3, hidden_size=2, device="cpu", dtype=torch.float32)
+    cache = RowCache(encode, capacity=3, max_subtokens=2, hidden_size=2, device="cpu", dtype=torch.float32)
     first = [(1, 2), (3,), (1, 2)]
     torch.testing.assert_close(cached(first), expected(first))
     assert calls == [2]  # duplicates encoded once

@@ -75,10 +75,12 @@ class RowCache:
     steps encode little. A ring of ``capacity`` rows; the oldest insert is overwritten first.
     Contents are looked up natively (:class:`z2z_vllm.codec.RowIndex`)."""
 
-    def __init__(self, encode: Encoder, *, capacity: int, hidden_size: int, device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, encode: Encoder, *, capacity: int, max_subtokens: int, hidden_size: int, device, dtype: torch.dtype
+    ) -> None:
         self.encode = encode
         self.rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
-        self._index = RowIndex(capacity)
+        self._index = RowIndex(capacity, max_subtokens)
 
     def __call__(self, entries: np.ndarray) -> torch.Tensor:
         """Rows [N, H] of ``entries`` ([N, W] base ids, -1 padded), encoding the ones not cached."""
@@ -223,9 +225,11 @@ class HyperSlots:
         self.num_slots = num_slots
         self.vocab_size = codec.initial_vocab_size
         self.codebook_size = codec.max_codebook_size
-        S, C, H = num_slots, self.codebook_size, hidden_size
-        self.input_cache = RowCache(encode_inputs, capacity=cache_rows, hidden_size=H, device=device, dtype=dtype)
-        self.output_cache = RowCache(encode_outputs, capacity=cache_rows, hidden_size=H, device=device, dtype=dtype)
+        S, C, M, H = num_slots, self.codebook_size, codec.max_subtokens, hidden_size
+        self.input_cache, self.output_cache = (
+            RowCache(encode, capacity=cache_rows, max_subtokens=M, hidden_size=H, device=device, dtype=dtype)
+            for encode in (encode_inputs, encode_outputs)
+        )
         self.output_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
         self.input_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
         self.num_known = torch.zeros(S, dtype=torch.long, device=device)
