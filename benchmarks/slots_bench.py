@@ -6,6 +6,9 @@ Each round gives ``requests`` new requests a prompt of ``prompt_len`` compressed
 (decode). The streams are LZW-compressed code (the SmolLM2 tokenizer over held-out code from
 ``z2z_vllm.data``; raw bytes if that is missing); V=49,152, C=1,024, M=4. The encoders return
 zeros (no model): what is timed is the codebook work, the row look-ups and the tensor writes.
+Torch runs on one thread by default: the row tensors live on the CPU here (on the model's
+device in serving), and idle OpenMP workers spinning after each small op took the main
+thread's core on a loaded 2-core machine, up to 40 ms a step.
 
     python benchmarks/slots_bench.py --json out.json
     python benchmarks/slots_bench.py --quick
@@ -155,6 +158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny knobs: a smoke run of a few seconds")
     parser.add_argument("--requests", type=int, nargs="+", help="request counts (default 32 256 1024)")
     parser.add_argument("--rounds", type=int, help="rounds of prefill + decode steps per path (default 2)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write conditions and every sample here")
     return parser.parse_args(argv)
 
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**{**settings.__dict__, "request_counts": tuple(args.requests)})
     if args.rounds:
         settings = Settings(**{**settings.__dict__, "rounds": args.rounds})
+    torch.set_num_threads(args.torch_threads)
     base_ids, special_ids, source = load_base_ids(settings.corpus_bytes)
     codec = LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M, disabled_ids=special_ids)
     conditions = {

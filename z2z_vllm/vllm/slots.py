@@ -317,7 +317,10 @@ class HyperSlots:
         step's requests then replay their codebooks at their next step)."""
         device = self.num_known.device
         self._step += 1
-        slots = np.array([self.slot(request.req_id) for request in requests], dtype=np.int64)
+        slots = np.array([self._slot_of.get(request.req_id, -1) for request in requests], dtype=np.int64)
+        self._last_step[slots[slots >= 0]] = self._step  # before new requests take idle slots
+        for r in np.flatnonzero(slots < 0).tolist():
+            slots[r] = self.slot(requests[r].req_id)
         host = np.ones(len(slots), dtype=bool)
         if self.device_codebooks:  # decode steps where the device copy stands run there
             begins = np.array([request.begin for request in requests], dtype=np.int64)
