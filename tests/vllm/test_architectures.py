@@ -46,3 +46,37 @@ def test_slots_are_freed_when_requests_finish_or_are_aborted(tiny_export, prompt
         assert active() == 0
     finally:
         engine.llm_engine.engine_core.shutdown()
+
+
+def test_reloaded_weights_are_used_for_the_hyper_rows(tiny_export, prompts):
+    """Rows cached by content before a weight reload are encoded again after it, whichever way
+    vLLM reloads (checkpoint format through load_weights, or kernel format by copying parameters)."""
+    engine = make_llm(tiny_export)
+
+    def count_encodes(model) -> None:
+        cache = model.hyper_slots.input_cache
+        encode = cache.encode
+        model.z2z_encoded_rows = 0
+
+        def counting(entries):
+            model.z2z_encoded_rows += len(entries)
+            return encode(entries)
+
+        cache.encode = counting
+
+    def encoded_by(run) -> int:
+        engine.apply_model(lambda model: setattr(model, "z2z_encoded_rows", 0))
+        run()
+        (count,) = engine.apply_model(lambda model: model.z2z_encoded_rows)
+        return count
+
+    try:
+        engine.apply_model(count_encodes)
+        first = greedy(engine, prompts)
+        assert encoded_by(lambda: greedy(engine, prompts)) == 0  # every row cached by content
+        for options in ({"weights_iterator": [], "is_checkpoint_format": False}, {}):
+            engine.collective_rpc("reload_weights", kwargs=options)
+            assert encoded_by(lambda: greedy(engine, prompts)) > 0, options
+        assert greedy(engine, prompts) == first  # the same weights were reloaded
+    finally:
+        engine.llm_engine.engine_core.shutdown()

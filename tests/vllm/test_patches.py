@@ -48,6 +48,9 @@ def test_runner_methods_the_patches_wrap_keep_their_signatures(vllm_source):
         "self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds", "model_kwargs",
     ]  # fmt: skip
     assert src.parameters(RUNNER, "GPUModelRunner._on_request_state_removed") == ["self", "req_id", "req_state"]
+    assert src.parameters(RUNNER, "GPUModelRunner.reload_weights") == [
+        "self", "weights_iterator", "weights_path", "is_checkpoint_format",
+    ]  # fmt: skip
     # _scheduled_requests reads these after _prepare_inputs.
     assert "self.query_start_loc.np[1 : num_reqs + 1] = cu_num_tokens" in src.source(RUNNER, "GPUModelRunner._prepare_inputs")
     assert "self.num_computed_tokens_cpu = " in src.source(INPUT_BATCH, "InputBatch")
@@ -159,7 +162,8 @@ def test_register_registers_without_patching_and_patches_install_once():
 
     patches.apply()
     patches.apply()
-    for method in (GPUModelRunner._model_forward, GPUModelRunner._on_request_state_removed):
+    for method in (GPUModelRunner._model_forward, GPUModelRunner._on_request_state_removed,
+                   GPUModelRunner.reload_weights):
         assert hasattr(method, "__wrapped__") and not hasattr(method.__wrapped__, "__wrapped__")
 
 

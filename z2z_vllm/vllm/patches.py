@@ -9,7 +9,8 @@ vLLM has no extension point for per-request model state or per-request detokeniz
 - runner: ``GPUModelRunner._model_forward`` (``CPUModelRunner`` inherits it) first hands the
   model the step's requests (ids, token lists, scheduled ranges) when the model is a z2z model;
   ``GPUModelRunner._on_request_state_removed`` (a hook meant for platform runners) frees the
-  request's codebook slot;
+  request's codebook slot; ``GPUModelRunner.reload_weights`` drops the hyper rows encoded with
+  the old weights (its kernel-format path never calls the model's ``load_weights``);
 - front end: ``IncrementalDetokenizer.from_new_request`` and
   ``LogprobsProcessor.from_new_request`` build the z2z versions when the tokenizer is a
   :class:`~z2z_vllm.vllm.tokenizer.Zip2ZipTokenizer` (hypertokens expand with the request's
@@ -73,8 +74,18 @@ def _patch_runner() -> None:
             slots.release(req_id)
         original_removed(self, req_id, req_state)
 
+    original_reload = GPUModelRunner.reload_weights
+
+    @functools.wraps(original_reload)
+    def reload_weights(self, *args: Any, **kwargs: Any) -> None:
+        original_reload(self, *args, **kwargs)
+        slots = getattr(self.get_model(), "hyper_slots", None)
+        if slots is not None:  # a kernel-format reload copies parameters without load_weights
+            slots.invalidate_rows()
+
     GPUModelRunner._model_forward = _model_forward
     GPUModelRunner._on_request_state_removed = _on_request_state_removed
+    GPUModelRunner.reload_weights = reload_weights
 
 
 def _scheduled_requests(runner: Any) -> list[ScheduledRequest]:
