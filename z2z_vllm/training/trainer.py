@@ -2,10 +2,22 @@
 
     z2z train --config configs/smollm2_code_short.yaml            # resumes from the latest checkpoint
     python -c "from z2z_vllm.training import load_train_config, train; train(load_train_config('cfg.yaml'))"
+    torchrun --nproc_per_node 8 -m z2z_vllm.cli train --config cfg.yaml   # DDP (training.distributed)
+
+The loss of a micro-batch (:func:`training_losses`): CLM over the compressed ids (hypertokens
+included), the reconstruction of entries' subtokens from their embeddings (on sampled entries
+with ``reconstruction_samples``), and distillation from the frozen base, which the same PEFT
+model gives for free with its adapter switched off: it reads the window as base tokens, and at
+every compressed position the z2z model is pulled toward (a) the base's next-base-token
+distribution, its own V + C distribution folded onto base ids by each column's first subtoken,
+and (b) the base's probability of the next id's whole expansion, as a Bernoulli KL on "the next
+id is this one". Both are zero when the z2z model induces the base's distribution over text;
+(b) also moves mass off spelling out a defined hypertoken. Details and the alignment of
+compressed and base positions: ``z2z_vllm/training/distill.py``.
 
 Why not the Hugging Face ``Trainer``: the model is a plain ``nn.Module`` (not a
 ``PreTrainedModel``) whose checkpoint is a LoRA adapter plus hyper-encoder weights, its loss has
-two logged terms, and batches carry a ``CodebookBatch``; each needs an override of ``Trainer``
+several logged terms, and batches carry a ``CodebookBatch``; each needs an override of ``Trainer``
 (``_save``, ``_load_from_checkpoint``, ``compute_loss``, the collator's tensor handling), more code
 than this loop, which keeps step, data position, optimizer, scheduler and RNG state explicit.
 
