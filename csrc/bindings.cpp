@@ -356,6 +356,11 @@ struct Contents {
     tokens.insert(tokens.end(), begin, begin + size);
     ends.push_back(tokens.size());
   }
+  void append(const Contents& other) {
+    const size_t offset = tokens.size();
+    tokens.insert(tokens.end(), other.tokens.begin(), other.tokens.end());
+    for (size_t end : other.ends) ends.push_back(offset + end);
+  }
   size_t width() const {
     size_t width = 0;
     for (size_t i = 0, begin = 0; i < ends.size(); begin = ends[i++]) width = std::max(width, ends[i] - begin);
@@ -477,64 +482,87 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
     w.fed_end = fed.size();
   }
 
+  // Requests split into contiguous chunks, one per thread, each with its own outputs, joined in
+  // order: the decoders' tables are far apart in memory, so a decode step over many requests is
+  // bound by cache misses, which threads overlap.
+  struct Chunk {
+    std::vector<int64_t> created_slot, created_index, read_slot, read_index;
+    Contents created_contents, candidates, reads;
+    size_t failed = SIZE_MAX;
+    std::string error;
+  };
   const Id vocab = config.vocab_size;
   std::vector<uint8_t> replayed(n, 0), has_candidate(n, 0);
-  std::vector<int64_t> num_entries(n, 0), created_slot, created_index, read_slot, read_index;
-  Contents created_contents, candidates, reads;
-  std::string error;
-  size_t failed = n;
+  std::vector<int64_t> num_entries(n, 0);
+  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const size_t work_units = (8 * n + fed.size()) / 4096;  // a request costs about 8 ids' work
+  std::vector<Chunk> chunks(std::clamp<size_t>(work_units, 1, cores));
   {
     py::gil_scoped_release release;
-    std::vector<Id> created, candidate;
-    for (size_t r = 0; r < n; ++r) {
-      const Work& w = work[r];
-      if (!w.decoder) {
-        candidates.add(nullptr, 0);
-        continue;
+    z2z::WorkerPool::instance().run(chunks.size(), chunks.size(), [&](size_t c) {
+      Chunk& chunk = chunks[c];
+      std::vector<Id> created, candidate;
+      for (size_t r = c * n / chunks.size(); r < (c + 1) * n / chunks.size(); ++r) {
+        const Work& w = work[r];
+        if (!w.decoder) {
+          chunk.candidates.add(nullptr, 0);
+          continue;
+        }
+        z2z::Decoder& decoder = *w.decoder;
+        if (w.replay) decoder.reset();
+        replayed[r] = w.replay;
+        created.clear();
+        try {
+          decoder.feed(fed.data() + w.fed_begin, w.fed_end - w.fed_begin, nullptr, &created);
+        } catch (const z2z::InvalidIds& e) {
+          chunk.error = e.what();
+          chunk.failed = r;
+          return;
+        }
+        for (Id id : created) {
+          chunk.created_slot.push_back(w.slot);
+          chunk.created_index.push_back(id - vocab);
+          chunk.created_contents.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
+        }
+        num_entries[r] = decoder.num_entries();
+        has_candidate[r] = decoder.candidate(candidate);
+        chunk.candidates.add(candidate.data(), has_candidate[r] ? candidate.size() : 0);
+        for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < w.fed_end; ++i) {
+          if (fed[i] < vocab) continue;
+          chunk.read_slot.push_back(w.slot);
+          chunk.read_index.push_back(fed[i] - vocab);
+          chunk.reads.add(decoder.entry(fed[i] - vocab), decoder.entry_size(fed[i] - vocab));
+        }
       }
-      z2z::Decoder& decoder = *w.decoder;
-      if (w.replay) decoder.reset();
-      replayed[r] = w.replay;
-      created.clear();
-      try {
-        decoder.feed(fed.data() + w.fed_begin, w.fed_end - w.fed_begin, nullptr, &created);
-      } catch (const z2z::InvalidIds& e) {
-        error = e.what();
-        failed = r;
-        break;
-      }
-      for (Id id : created) {
-        created_slot.push_back(w.slot);
-        created_index.push_back(id - vocab);
-        created_contents.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
-      }
-      num_entries[r] = decoder.num_entries();
-      has_candidate[r] = decoder.candidate(candidate);
-      candidates.add(candidate.data(), has_candidate[r] ? candidate.size() : 0);
-      for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < w.fed_end; ++i) {
-        if (fed[i] < vocab) continue;
-        read_slot.push_back(w.slot);
-        read_index.push_back(fed[i] - vocab);
-        reads.add(decoder.entry(fed[i] - vocab), decoder.entry_size(fed[i] - vocab));
-      }
-    }
+    });
     locks.clear();
   }
-  if (failed < n) throw py::value_error("request " + std::to_string(failed) + ": " + error);
-
-  const size_t width = std::max<size_t>({1, created_contents.width(), candidates.width(), reads.width()});
+  for (const Chunk& chunk : chunks)
+    if (chunk.failed != SIZE_MAX) throw py::value_error("request " + std::to_string(chunk.failed) + ": " + chunk.error);
+  Chunk joined = std::move(chunks[0]);
+  for (size_t c = 1; c < chunks.size(); ++c) {
+    for (auto [into, from] : {std::pair{&joined.created_slot, &chunks[c].created_slot},
+                              std::pair{&joined.created_index, &chunks[c].created_index},
+                              std::pair{&joined.read_slot, &chunks[c].read_slot},
+                              std::pair{&joined.read_index, &chunks[c].read_index}})
+      into->insert(into->end(), from->begin(), from->end());
+    joined.created_contents.append(chunks[c].created_contents);
+    joined.candidates.append(chunks[c].candidates);
+    joined.reads.append(chunks[c].reads);
+  }
+  const size_t width = std::max<size_t>({1, joined.created_contents.width(), joined.candidates.width(), joined.reads.width()});
   py::dict result;
   result["first_token"] = to_array(first_token);
   result["replayed"] = to_array<uint8_t, bool>(replayed);
   result["num_entries"] = to_array(num_entries);
-  result["created_slot"] = to_array(created_slot);
-  result["created_index"] = to_array(created_index);
-  result["created_content"] = created_contents.padded(width);
+  result["created_slot"] = to_array(joined.created_slot);
+  result["created_index"] = to_array(joined.created_index);
+  result["created_content"] = joined.created_contents.padded(width);
   result["has_candidate"] = to_array<uint8_t, bool>(has_candidate);
-  result["candidate"] = candidates.padded(width);
-  result["read_slot"] = to_array(read_slot);
-  result["read_index"] = to_array(read_index);
-  result["read_content"] = reads.padded(width);
+  result["candidate"] = joined.candidates.padded(width);
+  result["read_slot"] = to_array(joined.read_slot);
+  result["read_index"] = to_array(joined.read_index);
+  result["read_content"] = joined.reads.padded(width);
   return result;
 }
 
@@ -972,8 +1000,9 @@ prompt, then the outputs) and ``begin`` / ``end`` (the positions scheduled); ``h
 whether to advance the request's decoder (False: only its first scheduled id is read).
 
 A decoder that has read past ``begin`` is reset and replays from position 0; otherwise it reads
-from its position to ``end``. Raises ValueError naming the request on invalid ids (decoders of
-earlier requests stay advanced). Returns a dict of numpy arrays (R requests, K entries created,
+from its position to ``end``. Raises ValueError naming the first request with invalid ids (its
+decoder is unchanged; other requests' decoders may have advanced). Many requests run on
+several threads. Returns a dict of numpy arrays (R requests, K entries created,
 Q hypertokens read in the scheduled ranges, W = longest content, padded with -1):
 ``first_token`` [R] (-1: none), ``replayed`` [R], ``num_entries`` [R], ``created_slot`` /
 ``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [R] and ``candidate``

@@ -102,3 +102,17 @@ def test_row_index_finds_inserts_and_evicts_oldest():
         RowIndex(0, 2)
     with pytest.raises(ValueError, match=r"shape \[N, W\]"):
         index.find(np.array([1, 2], dtype=np.int32))
+
+
+def test_a_step_over_many_requests_keeps_request_order(codec):
+    """Enough work for several threads: the joined outputs are in request order all the same."""
+    rng = np.random.default_rng(0)
+    streams = [codec.encode(rng.integers(0, 4, 40).tolist()) for _ in range(800)]
+    decoders = [codec.decoder() for _ in streams]
+    step = codec.advance_requests(decoders, np.arange(len(streams)), [req(s, 0, len(s)) for s in streams], np.ones(len(streams), bool))
+    created = [(slot, h - V, list(sub)) for slot, s in enumerate(streams) for h, sub in codec.decoder().feed(s)]
+    assert list(zip(step["created_slot"].tolist(), step["created_index"].tolist())) == [(s, i) for s, i, _ in created]
+    assert [[t for t in row if t >= 0] for row in step["created_content"].tolist()] == [c for _, _, c in created]
+    reads = [(slot, t - V) for slot, s in enumerate(streams) for t in s if t >= V]
+    assert list(zip(step["read_slot"].tolist(), step["read_index"].tolist())) == reads
+    assert step["num_entries"].tolist() == [len(codec.codebook(s)) for s in streams]

@@ -17,9 +17,10 @@ entry content across requests: :class:`RowCache`), and records which
 slot each scheduled token and each logits row belongs to. The decoders advance in one native
 call per step (:meth:`LZWCodec.advance_requests`, GIL released) that returns flat arrays of
 what changed, so no Python loop runs per entry or token; ``native_host=False`` takes the same
-step in Python (:class:`PythonHostPath`, the reference the native path is tested against). A request whose decoder has read
-past the start of its scheduled range (preemption with recompute, discarded tokens) is replayed
-from position 0: the codebook is a function of the token prefix, so replaying is always right.
+step in Python (:class:`PythonHostPath`, the reference the native path is tested against).
+A request whose decoder has read past the start of its scheduled range (preemption with
+recompute, discarded tokens) is replayed from position 0: the codebook is a function of the
+token prefix, so replaying is always right.
 
 With ``device_codebooks`` (default on a GPU) decode steps skip the host: a copy of each
 decoder's state lives on the device (:class:`z2z_vllm.ops.CodebookState`), and a request that
