@@ -46,6 +46,8 @@ test: setup vllm-wheel
 bench: setup
 	$(BIN)/python benchmarks/codec_bench.py --json results/codec_bench.json
 	$(BIN)/python benchmarks/compression_report.py --json results/compression_report.json --png results/compression_report.png
+	$(BIN)/python benchmarks/slots_bench.py --json results/slots_bench.json
+	$(BIN)/python benchmarks/train_bench.py --batch-size 1 --json results/train_bench.json
 	$(BIN)/z2z build-model --out-dir $(MODELS_DIR)
 	$(BIN)/python benchmarks/quality_report.py --json results/quality_report.json --png results/quality_report.png
 	$(BIN)/python benchmarks/serve_bench.py --plain $(MODELS_DIR)/smollm2-135m --json results/serve_bench.json
