@@ -326,14 +326,16 @@ def bench_logits(sizes: Sizes, device: str, dtype: torch.dtype, tolerance: float
 
     N, S, C, H, V = sizes.requests, sizes.slots, sizes.codebook, sizes.hidden, sizes.vocab
     g = torch.Generator(device=device).manual_seed(2)
-    rows = (torch.randn(S, C, H, device=device, generator=g) * 0.05).to(dtype)
+    # The row table without sharing (S x C distinct rows): the most bytes a step can read.
+    rows = (torch.randn(S * C, H, device=device, generator=g) * 0.05).to(dtype)
+    index = torch.randperm(S * C, device=device, generator=g).view(S, C).int()
     hidden = torch.randn(N, H, device=device, generator=g).to(dtype)
     candidate_rows = (torch.randn(S, H, device=device, generator=g) * 0.05).to(dtype)
     num_entries = torch.randint(0, C + 1, (S,), device=device, generator=g).int()
     has_candidate = torch.rand(S, device=device, generator=g) < 0.5
     row_slots = torch.randperm(S, device=device, generator=g)[:N].int()
     logits = torch.randn(N, V + C, device=device, generator=g).to(dtype)
-    args = (hidden, rows, row_slots, num_entries, candidate_rows, has_candidate)
+    args = (hidden, rows, index, row_slots, num_entries, candidate_rows, has_candidate)
 
     base = logits[:, :V].clone()
     logits[:, V:] = float("nan")  # poison: every hyper column must be written
@@ -342,7 +344,8 @@ def bench_logits(sizes: Sizes, device: str, dtype: torch.dtype, tolerance: float
     k = min(N, 16)  # the float64 reference on a subset of rows (all of them would be 17 GB)
     picked = row_slots[:k].long()
     ref = hyper_logits_reference(
-        hidden[:k].double(), rows[picked].double(), torch.arange(k, device=device), num_entries[picked],
+        hidden[:k].double(), rows[index[picked].long()].view(k * C, H).double(),
+        torch.arange(k * C, device=device).view(k, C).int(), torch.arange(k, device=device), num_entries[picked],
         candidate_rows[picked].double(), has_candidate[picked],
         torch.zeros(k, V + C, dtype=torch.float64, device=device),
     )[:, V:]  # fmt: skip
@@ -354,8 +357,9 @@ def bench_logits(sizes: Sizes, device: str, dtype: torch.dtype, tolerance: float
     slot = row_slots.long()
     used = num_entries[slot].long() + (has_candidate[slot] & (num_entries[slot] < C)).long()
     element = rows.element_size()
-    # Rows of defined entries and candidates, hidden, the hyper columns; slot, count, flag per row.
-    min_bytes = (int(used.sum()) + N) * H * element + N * C * logits.element_size() + N * (4 + 4 + 1)
+    # Rows of defined entries (and their index entries) and candidates, hidden, the hyper columns;
+    # slot, count, flag per row.
+    min_bytes = (int(used.sum()) + N) * H * element + int(used.sum()) * 4 + N * C * logits.element_size() + N * 9
     calls = 4 if device == "cuda" else 1  # rows: 256 x ~1024 x 4096 x 2 B = 2 GB a call, far over L2
     triton_us = time_us(lambda i: hyper_logits(*args, logits, backend="triton"), device, calls=calls)
     torch_us = time_us(lambda i: hyper_logits_reference(*args, logits), device, calls=1)

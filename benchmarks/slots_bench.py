@@ -14,6 +14,12 @@ thread's core on a loaded 2-core machine, up to 40 ms a step.
     python benchmarks/slots_bench.py --quick
 
 Targets (issue 14): decode <= 2 us per request per step, prefill <= 1 us per prompt token.
+
+Memory: the peak rows of the shared row table (:class:`z2z_vllm.vllm.slots.RowTable`: rows
+referenced by some slot's index, i.e. distinct entries in flight, and the table's capacity after
+doubling), against the ``S x C`` rows per table of one-row-per-slot-entry tensors, and what
+both come to for SmolLM2-135M (H=576) and Llama-3-8B (H=4096) in bf16: 2 tables (output and
+input rows) x rows x H x 2 bytes, plus the index (S x C int32) for the shared table.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
 from machine import cpu_model, load_average, package_version
 
 V, C, M = 49_152, 1_024, 4
-HIDDEN = 8  # rows are [S, C, H] per table: small H keeps 1,024 slots in memory; writes are not the cost
+HIDDEN = 8  # small H keeps the tables small; writes are not the cost
+MODEL_HIDDEN = {"smollm2_135m": 576, "llama3_8b": 4096}  # for the bytes the tables would take, bf16
 HOST_PATHS = {"python": False, "native": True}  # HyperSlots(native_host=...)
 DECODE_TARGET_US, PREFILL_TARGET_US = 2.0, 1.0
 
@@ -92,23 +99,40 @@ def make_slots(codec: LZWCodec, num_slots: int, native_host: bool) -> HyperSlots
     )  # fmt: skip
 
 
-def measure(slots: HyperSlots, streams: list[list[int]], settings: Settings, round_index: int) -> tuple[float, list[float]]:
-    """Seconds of the prefill step and of each decode step of one round of requests."""
+def measure(
+    slots: HyperSlots, streams: list[list[int]], settings: Settings, round_index: int
+) -> tuple[float, list[float], int]:
+    """Seconds of the prefill step and of each decode step of one round of requests, and the
+    most table rows referenced after a step (distinct entries in flight)."""
     P = settings.prompt_len
     names = [f"round{round_index}-{i}" for i in range(len(streams))]
     prefill = [ScheduledRequest(name, s[:P], [], 0, P) for name, s in zip(names, streams)]
     started = time.perf_counter()
     slots.begin_step(prefill)
     prefill_s = time.perf_counter() - started
+    peak_rows = slots.table.index.num_referenced
     decode_s = []
     for step in range(settings.decode_steps):
         requests = [ScheduledRequest(name, s[:P], s[P : P + step + 1], P + step, P + step + 1) for name, s in zip(names, streams)]
         started = time.perf_counter()
         slots.begin_step(requests)
         decode_s.append(time.perf_counter() - started)
+        peak_rows = max(peak_rows, slots.table.index.num_referenced)
     for name in names:
         slots.release(name)
-    return prefill_s, decode_s
+    return prefill_s, decode_s, peak_rows
+
+
+def table_memory(requests: int, peak_rows: int, capacity: int) -> dict:
+    """Rows and bf16 bytes of the shared table against S x C rows per table (S = requests)."""
+    old_rows = requests * C
+    memory = {"table_peak_rows": peak_rows, "table_capacity": capacity, "rows_before": old_rows,
+              "peak_fraction": peak_rows / old_rows}  # fmt: skip
+    for model, hidden in MODEL_HIDDEN.items():
+        memory[f"bytes_before_{model}"] = 2 * old_rows * hidden * 2
+        memory[f"bytes_peak_{model}"] = 2 * peak_rows * hidden * 2 + old_rows * 4
+        memory[f"bytes_capacity_{model}"] = 2 * capacity * hidden * 2 + old_rows * 4
+    return memory
 
 
 def run(settings: Settings, codec: LZWCodec, base_ids: np.ndarray) -> list[dict]:
@@ -117,11 +141,14 @@ def run(settings: Settings, codec: LZWCodec, base_ids: np.ndarray) -> list[dict]
         streams = compressed_streams(codec, base_ids, count, settings.prompt_len + settings.decode_steps)
         samples = {path: ([], []) for path in HOST_PATHS}
         slots = {path: make_slots(codec, count, native) for path, native in HOST_PATHS.items()}
+        peak_rows = 0
         for round_index in range(settings.rounds):
             for path in HOST_PATHS:  # interleaved, so that load changes hit both paths alike
-                prefill_s, decode_s = measure(slots[path], streams, settings, round_index)
+                prefill_s, decode_s, peak = measure(slots[path], streams, settings, round_index)
                 samples[path][0].append(prefill_s)
                 samples[path][1].extend(decode_s)
+                peak_rows = max(peak_rows, peak)
+        memory = table_memory(count, peak_rows, slots["native"].table.index.capacity)
         del slots
         for path, (prefill_s, decode_s) in samples.items():
             prefill, decode = statistics.median(prefill_s), statistics.median(decode_s)
@@ -130,7 +157,7 @@ def run(settings: Settings, codec: LZWCodec, base_ids: np.ndarray) -> list[dict]
                 "decode_ms_per_step": 1e3 * decode, "decode_us_per_request": 1e6 * decode / count,
                 "prefill_ms_per_step": 1e3 * prefill,
                 "prefill_us_per_prompt_token": 1e6 * prefill / (count * settings.prompt_len),
-                "decode_samples_s": decode_s, "prefill_samples_s": prefill_s,
+                "decode_samples_s": decode_s, "prefill_samples_s": prefill_s, **memory,
             })  # fmt: skip
     return rows
 
@@ -144,6 +171,20 @@ def print_table(rows: list[dict]) -> None:
             f"{row['decode_us_per_request']:>10.2f} | {row['prefill_ms_per_step']:>15.1f} "
             f"{row['prefill_us_per_prompt_token']:>8.3f}"
         )
+    print("\nshared row table: peak rows referenced (distinct entries in flight) vs S x C; bf16 bytes of")
+    print("output + input rows (+ index) for SmolLM2-135M (H=576) / Llama-3-8B (H=4096), before -> peak (capacity)")
+    for row in rows:
+        if row["host_path"] != "native":
+            continue
+        sizes = "; ".join(
+            f"{model} {_gb(row[f'bytes_before_{model}'])} -> {_gb(row[f'bytes_peak_{model}'])} "
+            f"({_gb(row[f'bytes_capacity_{model}'])})"
+            for model in MODEL_HIDDEN
+        )
+        print(
+            f"{row['requests']:>8} requests: {row['table_peak_rows']:,} rows of {row['rows_before']:,} "
+            f"({100 * row['peak_fraction']:.1f} %), capacity {row['table_capacity']:,}; {sizes}"
+        )
     by_key = {(row["requests"], row["host_path"]): row for row in rows}
     for count in sorted({row["requests"] for row in rows}):
         python, native = by_key[count, "python"], by_key[count, "native"]
@@ -151,6 +192,10 @@ def print_table(rows: list[dict]) -> None:
             f"{count:>8} requests: native is {python['decode_ms_per_step'] / native['decode_ms_per_step']:.1f}x "
             f"faster in decode, {python['prefill_ms_per_step'] / native['prefill_ms_per_step']:.1f}x in prefill"
         )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3f} GB"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -596,89 +596,120 @@ std::vector<HashSlot> empty_table(size_t entries) {
   return std::vector<HashSlot>(size, HashSlot{0, -1});
 }
 
-// Row positions keyed by entry content (up to `width` base ids; -1 padding ignored) in a ring
-// of `capacity`: the index of z2z_vllm.vllm.slots.RowCache. The oldest insert is overwritten
-// first. Contents are stored inline, so a look-up touches one table slot and one key row.
+// The content-addressed row table of z2z_vllm.vllm.slots.RowTable: each row holds the content
+// of one entry (up to `width` base ids; -1 padding ignored) or none, and a reference count (one
+// per slot index entry naming it). Unreferenced rows stay findable by their content until they
+// are reused, least recently released first (rows without content before them); when every
+// row is referenced the table doubles. Contents are stored inline, so a look-up touches one
+// hash slot and one key row.
 class RowIndex {
  public:
   using Contents2D = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+  using Rows = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
   RowIndex(long long capacity, long long width) {
     if (capacity < 1) throw py::value_error("capacity must be >= 1, got " + std::to_string(capacity));
     if (width < 1) throw py::value_error("width must be >= 1, got " + std::to_string(width));
     width_ = static_cast<size_t>(width);
-    keys_.resize(static_cast<size_t>(capacity) * width_);
-    lengths_.resize(static_cast<size_t>(capacity));
-    hashes_.resize(static_cast<size_t>(capacity));
-    table_ = empty_table(lengths_.size());
-    clear();
+    grow(static_cast<size_t>(capacity));
   }
 
-  // (positions [N]: ring position of each row's content or -1; missing_first [K]: the first row
-  // of each distinct missing content, in order; missing_of [N]: that content's number among
-  // them, or -1 for rows found).
-  py::tuple find(const Contents2D& contents) const {
-    const auto [rows, width] = shape(contents);
-    py::array_t<int64_t> positions(rows), missing_of(rows);
-    std::vector<int64_t> missing_first;
+  // (rows [N]: the row of each content, referenced once more per occurrence; fresh [K]: the
+  // first occurrence of each content given a row this call, whose row the caller encodes).
+  py::tuple acquire(const Contents2D& contents) {
+    const auto [count, width] = shape(contents);
+    py::array_t<int64_t> rows(count);
+    std::vector<int64_t> fresh;
+    for (py::ssize_t r = 0; r < count; ++r) content_length(contents.data() + r * width, width);  // all or nothing
     {
       py::gil_scoped_release release;
-      std::vector<HashSlot> missing = empty_table(static_cast<size_t>(rows));
-      int64_t* position = positions.mutable_data();
-      int64_t* number = missing_of.mutable_data();
-      for (py::ssize_t r = 0; r < rows; ++r) {
+      int64_t* out = rows.mutable_data();
+      for (py::ssize_t r = 0; r < count; ++r) {
         const int32_t* row = contents.data() + r * width;
         const size_t length = content_length(row, width);
         const uint64_t hash = hash_row(row, length);
-        position[r] = table_[locate(hash, row, length)].value;
-        number[r] = -1;
-        if (position[r] >= 0) continue;
-        HashSlot& slot = missing[probe(missing, hash, [&](int64_t k) {
-          const int32_t* first = contents.data() + missing_first[k] * width;
-          return content_length(first, width) == length && std::equal(row, row + length, first);
-        })];
-        if (slot.value < 0) {
-          slot = HashSlot{hash, static_cast<int64_t>(missing_first.size())};
-          missing_first.push_back(r);
+        const size_t found = locate(hash, row, length);
+        int64_t position = table_[found].value;
+        if (position < 0) {
+          position = take();
+          std::copy(row, row + length, keys_.begin() + position * width_);
+          lengths_[position] = static_cast<int64_t>(length);
+          hashes_[position] = hash;
+          table_[locate(hash, row, length)] = HashSlot{hash, position};  // take() may rehash
+          fresh.push_back(r);
+        } else if (references_[position]++ == 0) {
+          unlink(position);
         }
-        number[r] = slot.value;
+        out[r] = position;
       }
     }
-    return py::make_tuple(positions, to_array(missing_first), missing_of);
+    return py::make_tuple(rows, to_array(fresh));
   }
 
-  // Ring positions given to the rows' contents, in order (the oldest ones evicted).
-  py::array_t<int64_t> insert(const Contents2D& contents) {
-    const auto [rows, width] = shape(contents);
-    py::array_t<int64_t> positions(rows);
-    py::gil_scoped_release release;
-    for (py::ssize_t r = 0; r < rows; ++r) {
+  // `count` rows without content, referenced once each (rows the device writes blind).
+  py::array_t<int64_t> reserve(long long count) {
+    if (count < 0) throw py::value_error("count must be >= 0, got " + std::to_string(count));
+    py::array_t<int64_t> rows(count);
+    for (long long i = 0; i < count; ++i) rows.mutable_data()[i] = take();
+    return rows;
+  }
+
+  // One reference less per row given (rows < 0 ignored); an unreferenced row becomes reusable.
+  void release(const Rows& rows) {
+    const int64_t* data = rows.data();
+    for (py::ssize_t i = 0; i < rows.size(); ++i) {  // checked first: all or nothing
+      if (data[i] >= static_cast<int64_t>(lengths_.size()))
+        throw py::value_error("row " + std::to_string(data[i]) + " is out of range");
+    }
+    for (py::ssize_t i = 0; i < rows.size(); ++i) {
+      if (data[i] >= 0 && references_[data[i]]-- == 0) {
+        for (py::ssize_t j = 0; j <= i; ++j) if (data[j] >= 0) ++references_[data[j]];  // undone
+        throw py::value_error("row " + std::to_string(data[i]) + " is not referenced");
+      }
+    }
+    for (py::ssize_t i = 0; i < rows.size(); ++i) {
+      const int64_t row = data[i];
+      if (row < 0 || references_[row] != 0 || linked(row)) continue;
+      if (lengths_[row] >= 0)
+        push_back(row);  // cached: reused after the rows released before it
+      else
+        push_front(row);  // nothing cached: reused first
+    }
+  }
+
+  // The row of each content, or -1 (references unchanged).
+  py::array_t<int64_t> find(const Contents2D& contents) const {
+    const auto [count, width] = shape(contents);
+    py::array_t<int64_t> rows(count);
+    for (py::ssize_t r = 0; r < count; ++r) {
       const int32_t* row = contents.data() + r * width;
       const size_t length = content_length(row, width);
-      const uint64_t hash = hash_row(row, length);
-      const size_t position = next_;
-      next_ = (next_ + 1) % lengths_.size();
-      if (lengths_[position] >= 0) erase(locate(hashes_[position], key(position), lengths_[position]));
-      const size_t found = locate(hash, row, length);
-      if (table_[found].value >= 0) erase(found);  // the content moves to its new position
-      std::copy(row, row + length, keys_.begin() + position * width_);
-      lengths_[position] = static_cast<int64_t>(length);
-      hashes_[position] = hash;
-      table_[locate(hash, row, length)] = HashSlot{hash, static_cast<int64_t>(position)};
-      positions.mutable_data()[r] = static_cast<int64_t>(position);
+      rows.mutable_data()[r] = table_[locate(hash_row(row, length), row, length)].value;
     }
-    return positions;
+    return rows;
   }
 
+  py::array_t<int64_t> references(const Rows& rows) const {
+    py::array_t<int64_t> out(rows.size());
+    for (py::ssize_t i = 0; i < rows.size(); ++i) {
+      const int64_t row = rows.data()[i];
+      if (row < 0 || row >= static_cast<int64_t>(lengths_.size()))
+        throw py::value_error("row " + std::to_string(row) + " is out of range");
+      out.mutable_data()[i] = references_[row];
+    }
+    return out;
+  }
+
+  // Forgets every content (references stay): rows are found by content no more.
   void clear() {
     std::fill(table_.begin(), table_.end(), HashSlot{0, -1});
     std::fill(lengths_.begin(), lengths_.end(), -1);
-    next_ = 0;
   }
   size_t size() const {
     return static_cast<size_t>(std::count_if(lengths_.begin(), lengths_.end(), [](int64_t n) { return n >= 0; }));
   }
   size_t capacity() const { return lengths_.size(); }
+  size_t num_referenced() const { return lengths_.size() - num_unreferenced_; }
 
  private:
   static std::pair<py::ssize_t, py::ssize_t> shape(const Contents2D& contents) {
@@ -701,6 +732,56 @@ class RowIndex {
       return lengths_[position] == static_cast<int64_t>(length) && std::equal(row, row + length, key(position));
     });
   }
+  // The least recently released unreferenced row (its content forgotten), referenced once; the
+  // table doubles first when every row is referenced.
+  int64_t take() {
+    if (head_ < 0) grow(2 * lengths_.size());
+    const int64_t row = head_;
+    unlink(row);
+    if (lengths_[row] >= 0) {
+      erase(locate(hashes_[row], key(row), lengths_[row]));
+      lengths_[row] = -1;
+    }
+    references_[row] = 1;
+    return row;
+  }
+  void grow(size_t capacity) {
+    const size_t old = lengths_.size();
+    keys_.resize(capacity * width_);
+    lengths_.resize(capacity, -1);
+    hashes_.resize(capacity);
+    references_.resize(capacity, 0);
+    previous_.resize(capacity, -1);
+    next_.resize(capacity, -1);
+    for (size_t row = capacity; row-- > old;) push_front(static_cast<int64_t>(row));  // row `old` first
+    table_ = empty_table(capacity);
+    for (size_t row = 0; row < old; ++row) {
+      if (lengths_[row] >= 0)
+        table_[locate(hashes_[row], key(row), lengths_[row])] = HashSlot{hashes_[row], static_cast<int64_t>(row)};
+    }
+  }
+  // The unreferenced rows, a doubly linked list from head_ (reused next) to tail_.
+  bool linked(int64_t row) const { return previous_[row] >= 0 || head_ == row; }
+  void push_front(int64_t row) {
+    previous_[row] = -1;
+    next_[row] = head_;
+    (head_ >= 0 ? previous_[head_] : tail_) = row;
+    head_ = row;
+    ++num_unreferenced_;
+  }
+  void push_back(int64_t row) {
+    next_[row] = -1;
+    previous_[row] = tail_;
+    (tail_ >= 0 ? next_[tail_] : head_) = row;
+    tail_ = row;
+    ++num_unreferenced_;
+  }
+  void unlink(int64_t row) {
+    (previous_[row] >= 0 ? next_[previous_[row]] : head_) = next_[row];
+    (next_[row] >= 0 ? previous_[next_[row]] : tail_) = previous_[row];
+    previous_[row] = next_[row] = -1;
+    --num_unreferenced_;
+  }
   // Backward-shift deletion: later slots of the probe run move up, so no search stops early.
   void erase(size_t i) {
     const size_t mask = table_.size() - 1;
@@ -718,11 +799,14 @@ class RowIndex {
     }
   }
   size_t width_ = 0;
-  std::vector<int32_t> keys_;     // [capacity, width]: the content at each ring position
-  std::vector<int64_t> lengths_;  // its length, -1: unused
+  std::vector<int32_t> keys_;         // [capacity, width]: the content of each row
+  std::vector<int64_t> lengths_;      // its length, -1: no content
   std::vector<uint64_t> hashes_;
-  std::vector<HashSlot> table_;   // content -> ring position
-  size_t next_ = 0;
+  std::vector<int64_t> references_;   // slot index entries naming the row
+  std::vector<int64_t> previous_, next_;  // links of the unreferenced rows, -1 at either end
+  int64_t head_ = -1, tail_ = -1;
+  size_t num_unreferenced_ = 0;
+  std::vector<HashSlot> table_;       // content -> row
 };
 
 // One sequence's codebook as codebook_arrays() reports it, flattened.
@@ -1027,18 +1111,24 @@ Q hypertokens read in the scheduled ranges, W = longest content, padded with -1)
                ", max_subtokens=" + std::to_string(config.max_subtokens) + ")";
       });
 
-  py::class_<RowIndex>(m, "RowIndex", "Ring positions of rows keyed by entry content (up to width base ids, "
-                                        "-1 padding ignored); the oldest insert is overwritten first. Longer "
-                                        "contents raise ValueError.")
+  py::class_<RowIndex>(m, "RowIndex",
+                       "Rows of a content-addressed table (contents of up to width base ids, -1 padding ignored) "
+                       "with reference counts: unreferenced rows stay found by content until reused, least "
+                       "recently released first; the table doubles when every row is referenced. Longer contents "
+                       "raise ValueError.")
       .def(py::init<long long, long long>(), py::arg("capacity"), py::arg("width"))
-      .def("find", &RowIndex::find, py::arg("contents"),
-           "contents [N, W] -> (positions [N], -1 where missing; missing_first [K], the first row of "
-           "each distinct missing content in order; missing_of [N], its number among them or -1).")
-      .def("insert", &RowIndex::insert, py::arg("contents"),
-           "Gives the rows' contents [N, W] ring positions, in order, evicting the oldest; returns them.")
-      .def("clear", &RowIndex::clear, "Forgets every content.")
-      .def("__len__", &RowIndex::size)
-      .def_property_readonly("capacity", &RowIndex::capacity);
+      .def("acquire", &RowIndex::acquire, py::arg("contents"),
+           "contents [N, W] -> (rows [N], each referenced once more per occurrence; fresh [K], the first "
+           "occurrence of each content given a row in this call, in order: the rows to encode).")
+      .def("reserve", &RowIndex::reserve, py::arg("count"), "count rows without content, referenced once each.")
+      .def("release", &RowIndex::release, py::arg("rows"),
+           "One reference less per row given (< 0 ignored); ValueError for an unreferenced row (nothing changes).")
+      .def("find", &RowIndex::find, py::arg("contents"), "contents [N, W] -> rows [N], -1 where missing.")
+      .def("references", &RowIndex::references, py::arg("rows"), "Reference counts of rows [N].")
+      .def("clear", &RowIndex::clear, "Forgets every content (references stay).")
+      .def("__len__", &RowIndex::size, "Rows holding a content.")
+      .def_property_readonly("capacity", &RowIndex::capacity)
+      .def_property_readonly("num_referenced", &RowIndex::num_referenced);
 
   py::class_<Decoder>(m, "LZWDecoder", kDecoderDoc)
       .def("feed", &Decoder::feed, py::arg("ids"),

@@ -1,5 +1,5 @@
-"""LZWCodec.advance_requests (one serving step over many decoders) and RowIndex (row positions
-by entry content): results against the incremental decoder, and clear errors for bad input."""
+"""LZWCodec.advance_requests (one serving step over many decoders) and RowIndex (table rows by
+entry content, with reference counts): results against the incremental decoder, and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -82,22 +82,50 @@ def test_bad_input_raises_clear_errors(codec):
         codec.advance_requests(decoders, np.array([0]), [req([1, -3], 0, 2)], np.array([True]))
 
 
-def test_row_index_finds_inserts_and_evicts_oldest():
+def contents(*entries) -> np.ndarray:
+    """[N, 3] base ids, -1 padded."""
+    return np.array([list(e) + [-1] * (3 - len(e)) for e in entries], dtype=np.int32)
+
+
+def test_row_index_shares_rows_by_content_and_counts_references():
     index = RowIndex(3, 2)
-    contents = np.array([[1, 2, -1], [3, -1, -1], [1, 2, -1]], dtype=np.int32)
-    positions, missing_first, missing_of = index.find(contents)
-    assert positions.tolist() == [-1, -1, -1]
-    assert missing_first.tolist() == [0, 1] and missing_of.tolist() == [0, 1, 0]
-    assert index.insert(contents[missing_first]).tolist() == [0, 1]
-    positions, missing_first, _ = index.find(np.array([[3, -1], [1, 2]], dtype=np.int32))  # padding ignored
-    assert positions.tolist() == [1, 0] and len(missing_first) == 0
-    assert index.insert(np.array([[7], [8]], dtype=np.int32)).tolist() == [2, 0]  # (1, 2) evicted
-    assert index.find(np.array([[1, 2], [8, -1]], dtype=np.int32))[0].tolist() == [-1, 0]
-    assert len(index) == 3
-    index.clear()
-    assert len(index) == 0 and index.find(np.array([[3]], dtype=np.int32))[0].tolist() == [-1]
+    rows, fresh = index.acquire(contents((1, 2), (3,), (1, 2)))
+    assert rows.tolist() == [0, 1, 0] and fresh.tolist() == [0, 1]  # duplicates share a row
+    assert index.references(np.array([0, 1, 2])).tolist() == [2, 1, 0]
+    rows, fresh = index.acquire(np.array([[3, -1], [1, 2]], dtype=np.int32))  # padding ignored
+    assert rows.tolist() == [1, 0] and len(fresh) == 0
+    assert index.find(contents((1, 2), (9,))).tolist() == [0, -1] and index.num_referenced == 2
+    assert len(index) == 2 and index.capacity == 3
+
+
+def test_row_index_reuses_unreferenced_rows_least_recently_released_first():
+    index = RowIndex(4, 2)
+    index.acquire(contents((1,), (2,), (3,)))  # rows 0, 1, 2; row 3 empty
+    index.release(np.array([1, -1]))  # -1 ignored
+    index.release(np.array([0]))
+    assert index.find(contents((1,), (2,))).tolist() == [0, 1]  # unreferenced, still found
+    assert index.acquire(contents((4,)))[0].tolist() == [3]  # the empty row goes first
+    assert index.acquire(contents((5,)))[0].tolist() == [1]  # then the least recently released
+    assert index.find(contents((2,))).tolist() == [-1]  # its content forgotten
+    assert index.acquire(contents((1,)))[0].tolist() == [0]  # found again: referenced, not reused
+    assert index.reserve(1).tolist() != [0] and index.capacity == 8  # every row referenced: doubled
+    assert index.acquire(contents((3,), (6,)))[0].tolist()[0] == 2  # contents found after growth
+
+
+def test_row_index_refuses_what_would_corrupt_it():
+    index = RowIndex(2, 2)
+    index.acquire(contents((1,)))
+    with pytest.raises(ValueError, match="row 1 is not referenced"):
+        index.release(np.array([0, 1]))
+    assert index.references(np.array([0])).tolist() == [1]  # nothing released
+    with pytest.raises(ValueError, match="row 5 is out of range"):
+        index.release(np.array([5]))
     with pytest.raises(ValueError, match="longer than the index's width 2"):
-        index.find(np.array([[1, 2, 3]], dtype=np.int32))
+        index.acquire(contents((7,), (1, 2, 3)))
+    assert index.find(contents((7,))).tolist() == [-1]  # all or nothing
+    index.clear()
+    assert len(index) == 0 and index.find(contents((1,))).tolist() == [-1]
+    assert index.references(np.array([0])).tolist() == [1]  # references stay
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         RowIndex(0, 2)
     with pytest.raises(ValueError, match=r"shape \[N, W\]"):

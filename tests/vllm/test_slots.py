@@ -9,7 +9,7 @@ import torch
 
 from tests.modeling.helpers import C, M, V, base_stream, tiny_model
 from tests.training.checkpoint_helpers import randomize_
-from z2z_vllm.vllm.slots import HyperSlots, RowCache, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
 
 H = 64
 
@@ -256,31 +256,106 @@ def test_decode_steps_on_device_match_the_host_path(model):
     assert on_device._device_position.max() > 0, "some steps ran on the device"
 
 
-def test_row_cache_encodes_each_entry_once_and_survives_eviction():
-    calls = []
+def entry_rows(slots: HyperSlots, slot: int) -> list[int]:
+    """Table rows of the slot's entries (the host's index)."""
+    return slots._index_host[slot, : slots._num_known_host[slot]].tolist()
 
-    def encode(ids: torch.Tensor) -> torch.Tensor:  # row = (sum of ids, number of ids)
-        calls.append(len(ids))
-        return torch.stack([ids.clamp(min=0).sum(1), (ids >= 0).sum(1)], dim=1).float()
 
-    def expected(entries):
-        return torch.tensor([[float(sum(e)), float(len(e))] for e in entries])
+def references(slots: HyperSlots, rows) -> list[int]:
+    return slots.table.index.references(np.asarray(rows, dtype=np.int64)).tolist()
 
-    def cached(entries, width: int = 2):  # contents as begin_step gives them: [N, W], -1 padded
-        return cache(np.array([list(e) + [-1] * (width - len(e)) for e in entries], dtype=np.int32))
 
-    cache = RowCache(encode, capacity=3, max_subtokens=2, hidden_size=2, device="cpu", dtype=torch.float32)
-    first = [(1, 2), (3,), (1, 2)]
-    torch.testing.assert_close(cached(first), expected(first))
-    assert calls == [2]  # duplicates encoded once
-    torch.testing.assert_close(cached([(3,), (1, 2)], width=4), expected([(3,), (1, 2)]))
-    assert calls == [2]  # all cached, whatever the padding
-    # More new entries than the ring holds, mixed with cached ones that get overwritten.
-    batch = [(1, 2), (4, 5), (6,), (7, 8), (3,), (9,)]
-    torch.testing.assert_close(cached(batch), expected(batch))
-    assert calls == [2, 4]
-    torch.testing.assert_close(cached([(9,), (7, 8), (6,)]), expected([(9,), (7, 8), (6,)]))
-    assert calls == [2, 4]
+@torch.no_grad()
+def test_requests_with_the_same_entries_share_their_rows(model):
+    encoded = []
+
+    def encode_outputs(ids: torch.Tensor) -> torch.Tensor:
+        encoded.extend(tuple(t for t in row if t >= 0) for row in ids.tolist())
+        return model.encode_outputs(ids)
+
+    slots = make_slots(model)
+    slots.table.encode_outputs = encode_outputs
+    tokens = stream(model, seed=3)
+    slots.begin_step([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, len(tokens))])
+    a, b = entry_rows(slots, 0), entry_rows(slots, 1)
+    assert a == b and len(set(a)) == len(a)  # one row per entry, shared by both requests
+    assert references(slots, a) == [2] * len(a)
+    assert len(encoded) == len(set(encoded))  # each content encoded once
+    assert torch.equal(slots.index[0, : len(a)], torch.tensor(a, dtype=torch.int32))
+    hidden, base = torch.randn(2, H), torch.randn(2, V)
+    logits = slots.logits(hidden, base)
+    for row in range(2):
+        torch.testing.assert_close(logits[row], expected_logits(model, tokens, hidden[row], base[row]))
+
+
+@torch.no_grad()
+def test_the_table_grows_when_full_and_never_reuses_a_referenced_row(model):
+    slots = HyperSlots(
+        codec=model.codec, num_slots=3, hidden_size=H, encode_inputs=model.encode_inputs,
+        encode_outputs=model.encode_outputs, device=torch.device("cpu"), dtype=torch.float32, initial_rows=4,
+    )  # fmt: skip
+    a, b = stream(model, seed=20), stream(model, seed=21)
+    slots.begin_step([request("a", a, 0, len(a))])
+    capacity = slots.table.index.capacity
+    assert capacity >= len(entry_rows(slots, 0)) > 4  # grew (doubling) past its 4 rows
+    held = slots.table.output_rows[entry_rows(slots, 0)].clone()
+    slots.begin_step([request("b", b, 0, len(b))])  # every row but cached candidates is a's
+    content_of = {}  # a row shared by both holds the same entry for both
+    for slot, tokens in ((0, a), (1, b)):
+        for row, content in zip(entry_rows(slots, slot), model.codec.codebook(tokens).values()):
+            assert content_of.setdefault(row, content) == content
+    torch.testing.assert_close(slots.table.output_rows[entry_rows(slots, 0)], held)  # a's rows untouched
+    slots.begin_step([request("a", a, len(a), len(a)), request("b", b, len(b), len(b))])
+    hidden, base = torch.randn(2, H), torch.randn(2, V)
+    logits = slots.logits(hidden, base)
+    for row, tokens in enumerate((a, b)):
+        torch.testing.assert_close(logits[row], expected_logits(model, tokens, hidden[row], base[row]))
+
+
+@torch.no_grad()
+def test_released_rows_stay_cached_and_are_reused_before_the_table_grows(model):
+    encoded = []
+    slots = make_slots(model, num_slots=2)
+    slots.table.encode_outputs = lambda ids: encoded.append(len(ids)) or model.encode_outputs(ids)
+    a = stream(model, seed=22)
+    slots.begin_step([request("a", a, 0, len(a))])
+    rows_of_a = entry_rows(slots, 0)
+    slots.release("a")
+    assert references(slots, rows_of_a) == [0] * len(rows_of_a) and slots.table.index.num_referenced == 0
+    before = len(encoded)
+    slots.begin_step([request("a2", a, 0, len(a))])  # the same entries: found by content, not encoded
+    assert entry_rows(slots, 0) == rows_of_a and len(encoded) == before
+    slots.release("a2")
+    capacity = slots.table.index.capacity
+    for step in range(capacity // len(rows_of_a) + 2):  # more distinct entries in total than rows
+        tokens = stream(model, seed=100 + step)
+        slots.begin_step([request(f"c{step}", tokens, 0, len(tokens))])
+        slots.release(f"c{step}")
+    assert slots.table.index.capacity == capacity  # released rows were reused: no growth
+
+
+@torch.no_grad()
+def test_a_device_step_writes_the_new_entry_into_the_row_its_index_names(model):
+    tokens = stream(model, seed=24, length=120)
+    slots = make_slots(model, num_slots=2, device_codebooks=True)
+    prompt = 8
+    slots.begin_step([request("a", tokens[:prompt], 0, prompt)])
+    known = slots._num_known_host[0]
+    assert known + 6 < C
+    for t in range(prompt, prompt + 6):  # decode steps on the device
+        slots.begin_step([request("a", tokens[: t + 1], t, t + 1, prompt_len=prompt)])
+    assert slots._num_reserved[0] == 6 and slots._num_known_host[0] == known  # the host did not follow
+    book = list(model.codec.codebook(tokens[: prompt + 6]).values())
+    made = int(slots.num_known[0])
+    assert made == len(book) > known  # the device created entries
+    for e in range(known, made):  # each in a row reserved for it, named by the index
+        row = int(slots.index[0, e])
+        assert row == slots._index_host[0, e] and references(slots, [row]) == [1]
+        torch.testing.assert_close(slots.table.output_rows[row], model.encode_outputs(as_row(book[e]))[0])
+    reserved = slots._index_host[0, known : known + 6].tolist()
+    slots.begin_step([request("a", tokens[: prompt + 10], prompt + 6, prompt + 10, prompt_len=prompt)])  # a chunk
+    assert slots._num_reserved[0] == 0 and references(slots, reserved).count(0) >= 6 - (made - known)
+    assert torch.equal(slots.index[0, :made], torch.from_numpy(slots._index_host[0, :made]))  # named by content
 
 
 PARITY_SCHEDULE = [  # (request, stream seed, begin, end) per step, 2 slots
@@ -312,9 +387,10 @@ def test_the_native_host_path_matches_the_python_one(model, device_codebooks):
         for slots in (python, native):
             slots.begin_step(requests)
             results.append((
-                slots.embed(ids, embed_base(model)), slots.logits(hidden, base), slots.output_rows.clone(),
-                slots.input_rows.clone(), slots.candidate_rows.clone(), slots.num_known.clone(),
-                slots.has_candidate.clone(), slots._input_ready.copy(),
+                slots.embed(ids, embed_base(model)), slots.logits(hidden, base), slots.table.output_rows.clone(),
+                slots.table.input_rows.clone(), slots.index.clone(), slots._index_host.copy(),
+                slots.candidate_rows.clone(), slots.num_known.clone(), slots.has_candidate.clone(),
+                slots.table.input_ready.copy(),
             ))  # fmt: skip
         for got, want in zip(results[1], results[0]):
             torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(want))

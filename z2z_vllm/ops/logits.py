@@ -1,17 +1,19 @@
 """Masked hyper logits: each logits row against its own request's hyper output rows.
 
-Row r of the step belongs to slot ``s = row_slots[r]`` whose ``n = num_entries[s]`` entries are
-defined. Its hyper columns ``V + c`` are
+Hyper output rows live in one table ``rows`` [R, H] shared by all requests (one row per distinct
+entry content); ``index`` [S, C] names the row of each slot's entries. Row r of the step belongs
+to slot ``s = row_slots[r]`` whose ``n = num_entries[s]`` entries are defined. Its hyper columns
+``V + c`` are
 
-- ``hidden[r] . rows[s, c]`` for ``c < n``;
+- ``hidden[r] . rows[index[s, c]]`` for ``c < n``;
 - ``hidden[r] . candidate_rows[s]`` for ``c == n`` when ``has_candidate[s]`` (LZW's KwKwK id,
   which names the entry it creates);
 - ``-inf`` otherwise, and everywhere for a row whose slot is < 0 (padding, dummy runs).
 
 The same function as ``z2z_vllm.vllm.slots.HyperSlots.logits`` and, per position,
 ``Zip2ZipForCausalLM.logits``. The kernel writes the C hyper columns into a preallocated
-[N, V + C] buffer whose base columns already hold the base logits, and reads only defined rows:
-its bytes are those of the entries in use, not of S x C x H.
+[N, V + C] buffer whose base columns already hold the base logits, and reads only defined rows
+(and their index entries): its bytes are those of the entries in use.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = ["hyper_logits", "hyper_logits_reference"]
 def hyper_logits(
     hidden: torch.Tensor,
     rows: torch.Tensor,
+    index: torch.Tensor,
     row_slots: torch.Tensor,
     num_entries: torch.Tensor,
     candidate_rows: torch.Tensor,
@@ -39,21 +42,26 @@ def hyper_logits(
 ) -> torch.Tensor:
     """Writes the hyper columns ``logits[:, V:]`` in place and returns ``logits``.
 
-    ``hidden`` [N, H]; ``rows`` [S, C, H] (hyper output rows per slot) and ``candidate_rows``
-    [S, H] in hidden's dtype; ``row_slots`` [N] (any int, < 0: all -inf); ``num_entries`` [S]
+    ``hidden`` [N, H]; ``rows`` [R, H] (the hyper output row table) and ``candidate_rows``
+    [S, H] in hidden's dtype; ``index`` [S, C] int32 (the row of each slot's entries, read for
+    defined entries only); ``row_slots`` [N] (any int, < 0: all -inf); ``num_entries`` [S]
     (any int); ``has_candidate`` [S] (bool); ``logits`` [N, V + C] (any float dtype, last dim
     contiguous). The kernel accumulates products in float32; the torch reference multiplies in
     hidden's dtype, as the plugin's CPU path does."""
     N, H = hidden.shape
-    C = rows.shape[1]
+    C = index.shape[1]
     if resolve(backend, hidden.device) == "torch":
-        return hyper_logits_reference(hidden, rows, row_slots, num_entries, candidate_rows, has_candidate, logits)
+        args = (hidden, rows, index, row_slots, num_entries, candidate_rows, has_candidate)
+        return hyper_logits_reference(*args, logits)
+    if index.dtype != torch.int32:
+        raise ValueError(f"index must be int32, got {index.dtype}")
     if logits.stride(1) != 1:
         raise ValueError("logits must be contiguous in its last dimension")
     if N:
         block_c, block_h = min(32, triton.next_power_of_2(C)), min(256, triton.next_power_of_2(H))
         _hyper_logits_kernel[(N, triton.cdiv(C, block_c))](
-            hidden.contiguous(), rows.contiguous(), row_slots.contiguous(), num_entries, candidate_rows.contiguous(),
+            hidden.contiguous(), rows.contiguous(), index.contiguous(), row_slots.contiguous(), num_entries,
+            candidate_rows.contiguous(),
             has_candidate, logits,
             H, C, logits.shape[1] - C, logits.stride(0),
             BLOCK_C=block_c, BLOCK_H=block_h,
@@ -64,18 +72,20 @@ def hyper_logits(
 def hyper_logits_reference(
     hidden: torch.Tensor,
     rows: torch.Tensor,
+    index: torch.Tensor,
     row_slots: torch.Tensor,
     num_entries: torch.Tensor,
     candidate_rows: torch.Tensor,
     has_candidate: torch.Tensor,
     logits: torch.Tensor,
 ) -> torch.Tensor:
-    C = rows.shape[1]
+    C = index.shape[1]
     active = row_slots >= 0
     slot = row_slots.long().clamp(min=0)
     n = torch.where(active, num_entries[slot].long(), 0)
     with_candidate = active & has_candidate[slot] & (n < C)
-    scores = torch.bmm(rows[slot], hidden.unsqueeze(-1)).squeeze(-1)  # [N, C]
+    entry_rows = rows[index[slot].long().clamp(min=0)]  # [N, C, H]; undefined entries masked below
+    scores = torch.bmm(entry_rows, hidden.unsqueeze(-1)).squeeze(-1)  # [N, C]
     candidate = torch.bmm(candidate_rows[slot].unsqueeze(1), hidden.unsqueeze(-1)).view(-1, 1)
     columns = torch.arange(C, device=hidden.device)
     hyper = torch.where(columns < n[:, None], scores, float("-inf"))
@@ -86,7 +96,8 @@ def hyper_logits_reference(
 
 @triton.jit
 def _hyper_logits_kernel(
-    hidden_ptr, rows_ptr, row_slots_ptr, num_entries_ptr, candidate_rows_ptr, has_candidate_ptr, logits_ptr,
+    hidden_ptr, rows_ptr, index_ptr, row_slots_ptr, num_entries_ptr, candidate_rows_ptr, has_candidate_ptr,
+    logits_ptr,
     H, C, V, logits_stride,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
@@ -105,7 +116,8 @@ def _hyper_logits_kernel(
     candidate_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
     if tl.program_id(1) * BLOCK_C < end:
         holds_candidate = with_candidate & (n // BLOCK_C == tl.program_id(1))
-        row_ptrs = rows_ptr + (slot * C + c[:, None]) * H
+        entry_rows = tl.load(index_ptr + slot * C + c, mask=c < n, other=0).to(tl.int64)
+        row_ptrs = rows_ptr + entry_rows[:, None] * H
         for start in range(0, H, BLOCK_H):
             h = start + tl.arange(0, BLOCK_H)
             in_h = h < H

@@ -3,31 +3,45 @@
 A request takes a slot when it is first scheduled and gives it back when the runner drops it.
 When all slots are taken (preempted requests keep theirs while new ones run), the slot of a
 request that is not in the current step is reused; that request replays its codebook from
-position 0 when it is scheduled again. Each slot holds:
+position 0 when it is scheduled again.
 
-- on the host: the request's incremental ``LZWDecoder`` and the base ids of its entries;
-- on the model's device: hyper output rows ``[S, C, H]`` (for logits), hyper input rows
-  ``[S, C, H]`` (encoded only when an entry is first read as input), the number of entries
-  defined ``[S]`` and the KwKwK candidate row ``[S, H]`` with its flag ``[S]``.
+Hyper rows live in one content-addressed table shared by all requests (:class:`RowTable`):
+output rows and input rows ``[R, H]`` (same row numbers), one row per distinct entry content in
+flight plus unreferenced rows kept as a cache, growing (doubling) when every row is referenced.
+Each slot holds:
+
+- on the host: the request's incremental ``LZWDecoder`` and the row of each of its entries
+  (a numpy mirror of the index below: the slot's references to the table are counted from it);
+- on the model's device: the index ``[S, C]`` int32 naming the table row of each defined entry
+  (-1: none), the number of entries defined ``[S]`` and the KwKwK candidate row ``[S, H]`` with
+  its flag ``[S]``.
+
+Two requests with the same entry share its row; a row is encoded once per content while any
+request (or the cache) holds it, its input row only when the entry is first read as input. A
+slot's reset, replay or release drops its references; a referenced row is never overwritten.
+Memory: 2 x R x H values (R: distinct entries in flight, measured by ``benchmarks/slots_bench.py``)
+instead of 2 x S x C x H, plus the index (S x C x 4 bytes).
 
 Per step, :meth:`HyperSlots.begin_step` advances each request's decoder over the request's own
 token list up to the end of its scheduled range (not over the ids the model sees, which skip
-prefix-cached tokens), encodes what changed in one batched call per encoder (rows are cached by
-entry content across requests: :class:`RowCache`), and records which
-slot each scheduled token and each logits row belongs to. The decoders advance in one native
-call per step (:meth:`LZWCodec.advance_requests`, GIL released) that returns flat arrays of
-what changed, so no Python loop runs per entry or token; ``native_host=False`` takes the same
-step in Python (:class:`PythonHostPath`, the reference the native path is tested against).
-A request whose decoder has read past the start of its scheduled range (preemption with
-recompute, discarded tokens) is replayed from position 0: the codebook is a function of the
-token prefix, so replaying is always right.
+prefix-cached tokens), looks up and encodes what changed in one batched call per encoder, and
+records which slot each scheduled token and each logits row belongs to. The decoders advance in
+one native call per step (:meth:`LZWCodec.advance_requests`, GIL released) that returns flat
+arrays of what changed, so no Python loop runs per entry or token; ``native_host=False`` takes
+the same step in Python (:class:`PythonHostPath`, the reference the native path is tested
+against). A request whose decoder has read past the start of its scheduled range (preemption
+with recompute, discarded tokens) is replayed from position 0: the codebook is a function of
+the token prefix, so replaying is always right.
 
 With ``device_codebooks`` (default on a GPU) decode steps skip the host: a copy of each
 decoder's state lives on the device (:class:`z2z_vllm.ops.CodebookState`), and a request that
-reads one token where that copy stands is advanced by the batched update kernel, its new rows
-encoded from what the kernel returns, with no host synchronisation. Its host decoder then lags
-and catches up from the token list the next time the request takes the host path (prefill
-chunks, replays), which also re-seeds the device copy.
+reads one token where that copy stands is advanced by the batched update kernel, with no host
+synchronisation. The host cannot look up entries it has not seen, so before each such step it
+reserves one fresh row for the entry the request may create and writes it into the index ahead
+(entries are created in order); the device step encodes the new entry's row into it, and the
+id read's input row into a per-slot row. The host decoder then lags and catches up from the token
+list the next time the request takes the host path (prefill chunks, replays), which names the
+new entries' rows by content, drops the reserved rows and re-seeds the device copy.
 
 No vLLM imports: :mod:`z2z_vllm.vllm.patches` turns runner state into :class:`ScheduledRequest`.
 """
@@ -70,42 +84,82 @@ def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).to(device)
 
 
-class RowCache:
-    """Encoder rows by entry content, shared by every request: a row depends only on the entry's
-    base ids, and common entries (and KwKwK candidates) recur across requests and steps, so most
-    steps encode little. A ring of ``capacity`` rows; the oldest insert is overwritten first.
-    Contents are looked up natively (:class:`z2z_vllm.codec.RowIndex`)."""
+def _encode(encode: Encoder, contents: np.ndarray, device: torch.device) -> torch.Tensor:
+    width = int((contents >= 0).sum(1).max())  # the encoder sees no all-padding columns
+    return encode(_on(device, contents[:, :width].astype(np.int64)))
+
+
+class RowTable:
+    """Hyper output and input rows ``[R, H]`` by entry content, shared by every request: a row
+    depends only on the entry's base ids, and common entries (and KwKwK candidates) recur across
+    requests and steps. Slots name rows through their index and hold one reference per entry
+    (:class:`z2z_vllm.codec.RowIndex` keeps contents and counts natively). A row nobody
+    references stays cached by content, reused least recently released first; when every row is
+    referenced the table doubles. Input rows are encoded on first read as input (a ready flag per
+    row), output rows when their content first gets a row.
+
+    Rows are read only outside vLLM's compiled / CUDA-graph-captured base model (embedding
+    composition before the static input buffer, ``compute_logits``), so the new tensors growth
+    makes, at new addresses, are safe."""
 
     def __init__(
-        self, encode: Encoder, *, capacity: int, max_subtokens: int, hidden_size: int, device, dtype: torch.dtype
-    ) -> None:
-        self.encode = encode
-        self.rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
-        self._index = RowIndex(capacity, max_subtokens)
+        self, encode_inputs: Encoder, encode_outputs: Encoder, *, capacity: int, max_subtokens: int,
+        hidden_size: int, device, dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        self.encode_inputs, self.encode_outputs = encode_inputs, encode_outputs
+        self.index = RowIndex(capacity, max_subtokens)
+        self.output_rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
+        self.input_rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
+        self.input_ready = np.zeros(capacity, dtype=bool)
 
-    def __call__(self, entries: np.ndarray) -> torch.Tensor:
-        """Rows [N, H] of ``entries`` ([N, W] base ids, -1 padded), encoding the ones not cached."""
-        device = self.rows.device
-        positions, missing_first, missing_of = self._index.find(entries)
-        if not len(missing_first):
-            return self.rows.index_select(0, _on(device, positions))
-        # Integer indices throughout: boolean-mask indexing cost several times more per step.
-        out = self.rows.new_empty(len(entries), self.rows.shape[1])
-        found = np.flatnonzero(positions >= 0)
-        if len(found):  # read before inserting: an insert may overwrite a row read here
-            out.index_copy_(0, _on(device, found), self.rows.index_select(0, _on(device, positions[found])))
-        missing = entries[missing_first]
-        width = int((missing >= 0).sum(1).max())  # the encoder sees no all-padding columns
-        encoded = self.encode(_on(device, missing[:, :width].astype(np.int64))).to(self.rows.dtype)
-        not_found = np.flatnonzero(positions < 0)
-        out.index_copy_(0, _on(device, not_found), encoded.index_select(0, _on(device, missing_of[not_found])))
-        capacity = self._index.capacity
-        self.rows.index_copy_(0, _on(device, self._index.insert(missing[-capacity:])), encoded[-capacity:])
-        return out
+    def acquire(self, contents: np.ndarray) -> np.ndarray:
+        """Rows [N] of ``contents`` ([N, W] base ids, -1 padded), one reference each, encoding
+        the output rows of contents not in the table."""
+        rows, fresh = self.index.acquire(contents)
+        self._fit()
+        if len(fresh):
+            device = self.output_rows.device
+            encoded = _encode(self.encode_outputs, contents[fresh], device)
+            self.output_rows.index_copy_(0, _on(device, rows[fresh]), encoded.to(self.output_rows.dtype))
+            self.input_ready[rows[fresh]] = False
+        return rows
+
+    def reserve(self, count: int) -> np.ndarray:
+        """``count`` rows without content, one reference each (rows the device writes)."""
+        rows = self.index.reserve(count)
+        self._fit()
+        self.input_ready[rows] = False
+        return rows
+
+    def release(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self.index.release(rows)
+
+    def ensure_inputs(self, rows: np.ndarray, contents: np.ndarray) -> None:
+        """Encodes the input rows of ``rows`` (holding ``contents`` [N, W]) not encoded yet."""
+        due = np.flatnonzero(~self.input_ready[rows])
+        if not len(due):
+            return
+        rows, first = np.unique(rows[due].astype(np.int64), return_index=True)
+        device = self.input_rows.device
+        encoded = _encode(self.encode_inputs, contents[due[first]], device)
+        self.input_rows.index_copy_(0, _on(device, rows), encoded.to(self.input_rows.dtype))
+        self.input_ready[rows] = True
 
     def clear(self) -> None:
-        """Forgets every row (the encoder's weights changed)."""
-        self._index.clear()
+        """Forgets every content and input row (the encoders' weights changed)."""
+        self.index.clear()
+        self.input_ready[:] = False
+
+    def _fit(self) -> None:
+        """Grows the tensors after the index grew (old rows copied; see the class docstring)."""
+        capacity, old = self.index.capacity, len(self.input_ready)
+        if capacity == old:
+            return
+        grow = capacity - old
+        self.output_rows = torch.cat([self.output_rows, self.output_rows.new_zeros(grow, self.output_rows.shape[1])])
+        self.input_rows = torch.cat([self.input_rows, self.input_rows.new_zeros(grow, self.input_rows.shape[1])])
+        self.input_ready = np.concatenate([self.input_ready, np.zeros(grow, dtype=bool)])
 
 
 class StepAdvance(NamedTuple):
@@ -196,14 +250,6 @@ class PythonHostPath(NativeHostPath):
         )  # fmt: skip
 
 
-def _write_rows(table: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
-    """``table[slots[i], index[i]] = rows[i]`` where ``index[i] >= 0``, without a host sync:
-    the other rows write back what they read (their (slot, index) pairs are distinct)."""
-    keep = (index >= 0).unsqueeze(1)
-    index = index.clamp(min=0)
-    table[slots, index] = torch.where(keep, rows.to(table.dtype), table[slots, index])
-
-
 class HyperSlots:
     """Codebooks of up to ``num_slots`` running requests (module docstring)."""
 
@@ -219,20 +265,23 @@ class HyperSlots:
         dtype: torch.dtype,
         use_kernels: bool | None = None,
         device_codebooks: bool | None = None,
-        cache_rows: int = 16384,
+        initial_rows: int = 16384,
         native_host: bool = True,
     ) -> None:
         self.codec = codec
         self.num_slots = num_slots
         self.vocab_size = codec.initial_vocab_size
         self.codebook_size = codec.max_codebook_size
-        S, C, M, H = num_slots, self.codebook_size, codec.max_subtokens, hidden_size
-        self.input_cache, self.output_cache = (
-            RowCache(encode, capacity=cache_rows, max_subtokens=M, hidden_size=H, device=device, dtype=dtype)
-            for encode in (encode_inputs, encode_outputs)
-        )
-        self.output_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
-        self.input_rows = torch.zeros(S, C, H, device=device, dtype=dtype)
+        S, C, H = num_slots, self.codebook_size, hidden_size
+        self.table = RowTable(
+            encode_inputs, encode_outputs, capacity=initial_rows, max_subtokens=codec.max_subtokens,
+            hidden_size=H, device=device, dtype=dtype,
+        )  # fmt: skip
+        # The table row of each slot's entries (-1: none); the host copy is what the slot's
+        # references are counted from (entries 0 .. n-1, then the rows reserved for the device).
+        self.index = torch.full((S, C), -1, dtype=torch.int32, device=device)
+        self._index_host = np.full((S, C), -1, dtype=np.int32)
+        self._num_reserved = np.zeros(S, dtype=np.int64)
         self.num_known = torch.zeros(S, dtype=torch.long, device=device)
         self.candidate_rows = torch.zeros(S, H, device=device, dtype=dtype)
         self.has_candidate = torch.zeros(S, dtype=torch.bool, device=device)
@@ -245,18 +294,20 @@ class HyperSlots:
             disabled_ids=codec.disabled_ids, pad_token_id=codec.pad_token_id, device=self.num_known.device,
         ) if self.device_codebooks else None  # fmt: skip
         self._device_position = np.full(S, -1, dtype=np.int64)  # ids the device copy has read; -1: stale
+        # Input row of the id each slot read in its last device step (the device-path tokens' embeddings).
+        self.decode_input_rows = torch.zeros(S, H, device=device, dtype=dtype) if self.device_codebooks else None
 
         self._slot_of: dict[str, int] = {}
         self._free = list(range(S - 1, -1, -1))  # pop() hands out slot 0 first
         self._step = 0
         self._last_step = np.zeros(S, dtype=np.int64)  # the step each slot was last scheduled in
         self.host = (NativeHostPath if native_host else PythonHostPath)(codec, S)
-        self._input_ready = np.zeros((S, C), dtype=bool)
         # Host copies of num_known / has_candidate, written to the device once per step.
         self._num_known_host = np.zeros(S, dtype=np.int64)
         self._has_candidate_host = np.zeros(S, dtype=bool)
         # Set by begin_step, consumed by embed / logits (None outside a real step: dummy runs).
         self._token_slots: torch.Tensor | None = None
+        self._token_on_device: torch.Tensor | None = None  # [T] bool; None: no device step
         self._row_slots: torch.Tensor | None = None
         self._columns_used = 0
 
@@ -288,27 +339,45 @@ class HyperSlots:
         return slot
 
     def release(self, req_id: str) -> None:
-        """Frees the request's slot (finished, aborted); unknown ids are ignored."""
+        """Frees the request's slot (finished, aborted) and its rows' references; unknown ids are
+        ignored."""
         slot = self._slot_of.pop(req_id, None)
         if slot is not None:
+            self._reset(slot)
             self._free.append(slot)
 
     def invalidate_rows(self) -> None:
         """Drops every hyper row encoded so far, for when the encoders' or the base model's
-        weights change (``load_weights``, vLLM's ``reload_weights``): the row caches empty, and
-        each request keeps its slot but replays its codebook at its next step, encoding its rows
-        with the new weights."""
-        self.input_cache.clear()
-        self.output_cache.clear()
+        weights change (``load_weights``, vLLM's ``reload_weights``): the row table forgets its
+        contents, and each request keeps its slot but replays its codebook at its next step,
+        encoding its rows with the new weights."""
         for slot in range(self.num_slots):
             self._reset(slot)
+        self.table.clear()
 
     def _reset(self, slot: int) -> None:
+        self._drop_references(np.array([slot]), np.zeros(1, dtype=np.int64))
         self._device_position[slot] = -1
         self.host.reset(slot)
-        self._input_ready[slot] = False
         self._num_known_host[slot] = 0
         self._has_candidate_host[slot] = False
+
+    def _drop_references(self, slots: np.ndarray, keep: np.ndarray) -> None:
+        """Releases the rows of ``slots``' index past their first ``keep`` entries (the entries
+        the host knows, then the rows reserved for the device)."""
+        ends = self._num_known_host[slots] + self._num_reserved[slots]
+        has_rows = ends > keep
+        if not has_rows.any():
+            return
+        slots, keep, ends = slots[has_rows], keep[has_rows], ends[has_rows]
+        if len(slots) == 1:  # slot resets and releases: one slice
+            rows = self._index_host[slots[0], keep[0] : ends[0]]
+        else:
+            columns = np.arange(int(ends.max()))
+            rows = self._index_host[slots, : len(columns)][(columns >= keep[:, None]) & (columns < ends[:, None])]
+        self.table.release(rows)
+        self._num_reserved[slots] = 0
+        self._num_known_host[slots] = np.minimum(self._num_known_host[slots], keep)
 
     # -- per step -----------------------------------------------------------------------------
 
@@ -333,18 +402,17 @@ class HyperSlots:
             for slot in slots.tolist():
                 self._reset(slot)
             raise
-        self._input_ready[slots[step.replayed]] = False
         host_slots = slots[host]
+        # Replayed codebooks drop all their rows, caught-up ones the rows reserved for the device:
+        # the entries created below name their rows by content.
+        self._drop_references(host_slots, np.where(step.replayed[host], 0, self._num_known_host[host_slots]))
         self._num_known_host[host_slots] = step.num_entries[host]
         self._has_candidate_host[host_slots] = step.has_candidate[host]
 
         self._encode_outputs(step, slots, device)
-        self._encode_inputs(step, device)
-        self.num_known.copy_(torch.from_numpy(self._num_known_host))
-        self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
-        # Columns any row of this step can use: defined entries plus one KwKwK candidate (all of
-        # them when the device advanced some codebook: the host does not know how far).
+        self._encode_inputs(step)
         self._columns_used = min(int(self._num_known_host[slots].max(initial=0)) + 1, self.codebook_size)
+        self._token_on_device = None
         if self.device_codebooks:
             for slot in host_slots.tolist():  # the device copy follows the host decoder again
                 decoder = self.host.decoders[slot]
@@ -352,73 +420,113 @@ class HyperSlots:
                 self._device_position[slot] = decoder.position
             if not host.all():
                 on_device = ~host
-                self._advance_on_device(slots[on_device], step.first_token[on_device], device)
-                self._columns_used = self.codebook_size
+                self._reserve_rows(slots[on_device])
+        self.num_known.copy_(torch.from_numpy(self._num_known_host))
+        self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
+        if self.device_codebooks and not host.all():
+            self._advance_on_device(slots[on_device], step.first_token[on_device], device)
+            # The host does not know how far the device advanced those codebooks.
+            self._columns_used = self.codebook_size
         self._row_slots = _on(device, slots)
         # np.repeat, not torch.repeat_interleave: the latter cost ~10 ms a step on a loaded CPU.
         counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
         self._token_slots = _on(device, np.repeat(slots, counts))
+        if self.device_codebooks and not host.all():
+            self._token_on_device = _on(device, np.repeat(~host, counts))
+
+    def _reserve_rows(self, slots: np.ndarray) -> None:
+        """One fresh row for the next entry each of ``slots`` may create on the device, written
+        into the index ahead (the device creates entries in order, so entry n + k of a slot whose
+        host knows n entries takes the k-th row reserved since): the device step then finds where
+        to write a new entry's row without the host knowing whether it made one."""
+        ends = self._num_known_host[slots] + self._num_reserved[slots]
+        slots, ends = slots[ends < self.codebook_size], ends[ends < self.codebook_size]
+        if not len(slots):
+            return
+        rows = self.table.reserve(len(slots)).astype(np.int32)
+        self._index_host[slots, ends] = rows
+        self._num_reserved[slots] += 1
+        self._write_index(slots, ends, rows)
+
+    def _write_index(self, slots: np.ndarray, entries: np.ndarray, rows: np.ndarray) -> None:
+        device = self.index.device
+        self.index.view(-1).index_copy_(0, _on(device, slots * self.codebook_size + entries), _on(device, rows))
 
     def _advance_on_device(self, slots: np.ndarray, tokens: np.ndarray, device: torch.device) -> None:
         """Decode steps of ``slots`` reading ``tokens`` at their device copy's position: the
-        batched codebook update, then the rows it makes due (the entry created, the next KwKwK
-        candidate, the input row of a hypertoken read), all on the device. Rows are encoded for
-        every request of the batch, needed or not: choosing would need the kernel's results on
-        the host."""
+        batched codebook update, then the rows it makes due (the entry created, into the row
+        reserved for it; the next KwKwK candidate; the input row of the id read), all on the
+        device. Rows are encoded for every request of the batch, needed or not: choosing would
+        need the kernel's results on the host."""
         positions = self._device_position[slots]
         slots_on, tokens_on = _on(device, slots), _on(device, tokens)
         update = ops.codebook_update(self.state, tokens_on, slots_on, _on(device, positions))
         created = update.created.long()
         content = self.state.entries[slots_on, created.clamp(min=0)].long()
         rows = self.encode_outputs(torch.cat([content, update.candidate.long()]))
-        _write_rows(self.output_rows, slots_on, created, rows[: len(slots)])
+        # A slot whose host-known codebook is full creates nothing; every other one holds a
+        # reserved row (its last), where it writes back what it reads when it creates nothing:
+        # the targets are distinct rows no other slot reads or writes.
+        growing = np.flatnonzero(self._num_known_host[slots] < self.codebook_size)
+        if len(growing):
+            at, grown = _on(device, growing), slots[growing]
+            last_reserved = self._index_host[grown, self._num_known_host[grown] + self._num_reserved[grown] - 1]
+            made = created[at]
+            reserved_for_made = self.index[slots_on[at], made.clamp(min=0)].long()
+            target = torch.where(made >= 0, reserved_for_made, _on(device, last_reserved.astype(np.int64)))
+            table = self.table.output_rows
+            table[target] = torch.where((made >= 0).unsqueeze(1), rows[at].to(table.dtype), table[target])
         self.candidate_rows[slots_on] = rows[len(slots) :].to(self.candidate_rows.dtype)
         self.has_candidate[slots_on] = update.candidate[:, 0] >= 0
         self.num_known[slots_on] = self.state.num_entries[slots_on].long()
-        read = torch.where(tokens_on >= self.vocab_size, tokens_on - self.vocab_size, -1).long()
-        _write_rows(self.input_rows, slots_on, read, self.encode_inputs(update.expansion.long()))
+        self.decode_input_rows[slots_on] = self.encode_inputs(update.expansion.long()).to(self.decode_input_rows.dtype)
         self._device_position[slots] += 1
 
     def _encode_outputs(self, step: StepAdvance, slots: np.ndarray, device: torch.device) -> None:
-        """Output rows of the entries created and the KwKwK candidates, in one encoder call."""
+        """Rows of the entries created (their slots keep one reference each) and of the KwKwK
+        candidates (copied into the candidate rows; their references end with the step)."""
         with_candidate = np.flatnonzero(step.has_candidate)
         created = len(step.created_slot)
         if not created and not len(with_candidate):
             return
-        rows = self.output_cache(np.concatenate([step.created_content, step.candidate[with_candidate]]))
+        rows = self.table.acquire(np.concatenate([step.created_content, step.candidate[with_candidate]]))
         if created:
-            self.output_rows[_on(device, step.created_slot), _on(device, step.created_index)] = rows[:created]
+            entry_rows = rows[:created].astype(np.int32)
+            self._index_host[step.created_slot, step.created_index] = entry_rows
+            self._write_index(step.created_slot, step.created_index, entry_rows)
         if len(with_candidate):
-            self.candidate_rows[_on(device, slots[with_candidate])] = rows[created:]
+            candidates = rows[created:]
+            self.candidate_rows[_on(device, slots[with_candidate])] = self.table.output_rows[_on(device, candidates)]
+            self.table.release(candidates)
 
-    def _encode_inputs(self, step: StepAdvance, device: torch.device) -> None:
-        """Input rows of the hypertokens read whose rows their slot does not hold yet."""
-        keys, first = np.unique(step.read_slot * self.codebook_size + step.read_index, return_index=True)
-        due = ~self._input_ready.ravel()[keys]
-        keys, first = keys[due], first[due]
-        if not len(keys):
-            return
-        rows = self.input_cache(step.read_content[first])
-        slot_index, entry_index = np.divmod(keys, self.codebook_size)
-        self.input_rows[_on(device, slot_index), _on(device, entry_index)] = rows
-        self._input_ready.ravel()[keys] = True
+    def _encode_inputs(self, step: StepAdvance) -> None:
+        """Input rows of the hypertokens read whose rows hold none yet."""
+        if len(step.read_slot):
+            rows = self._index_host[step.read_slot, step.read_index]
+            self.table.ensure_inputs(rows, step.read_content)
 
     # -- model hooks --------------------------------------------------------------------------
 
     def embed(self, input_ids: torch.Tensor, embed_base: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Input embeddings of the step's flattened ``input_ids`` [T]: base rows from
-        ``embed_base``, hyper rows from the token's slot. Tokens past the step's scheduled ones
-        (padding) and every token outside a step (dummy runs) embed as base ids."""
+        ``embed_base``, hyper rows through the token's slot's index (the row its slot's device
+        step encoded, for a device decode step). Tokens past the step's scheduled ones (padding)
+        and every token outside a step (dummy runs) embed as base ids."""
         V = self.vocab_size
         is_hyper = input_ids >= V
         embeds = embed_base(input_ids.masked_fill(is_hyper, 0))
         token_slots, self._token_slots = self._token_slots, None
+        on_device, self._token_on_device = self._token_on_device, None
         if token_slots is None:
             return embeds
         # Every token's row is gathered and the base ones are masked out: selecting the hyper
         # tokens first would need their count on the host (a sync per step on a GPU).
         n = min(len(token_slots), len(input_ids))
-        rows = self.input_rows[token_slots[:n], (input_ids[:n] - V).clamp(min=0)]
+        slots = token_slots[:n]
+        table_rows = self.index[slots, (input_ids[:n] - V).clamp(min=0)].long().clamp(min=0)
+        rows = self.table.input_rows[table_rows]
+        if on_device is not None:
+            rows = torch.where(on_device[:n, None], self.decode_input_rows[slots], rows)
         embeds[:n] = torch.where(is_hyper[:n, None], rows.to(embeds.dtype), embeds[:n])
         return embeds
 
@@ -442,12 +550,14 @@ class HyperSlots:
             if row_slots is None:
                 row_slots = torch.full((num_rows,), -1, dtype=torch.long, device=hidden.device)
             return ops.hyper_logits(
-                hidden, self.output_rows, row_slots, self.num_known, self.candidate_rows, self.has_candidate, logits
-            )
+                hidden, self.table.output_rows, self.index, row_slots, self.num_known, self.candidate_rows,
+                self.has_candidate, logits,
+            )  # fmt: skip
         hyper = base_logits.new_full((num_rows, C), float("-inf"))
         if row_slots is not None:
             used = self._columns_used
-            rows = self.output_rows[row_slots, :used].to(hidden.dtype)  # [R, used, H]
+            table_rows = self.index[row_slots, :used].long().clamp(min=0)
+            rows = self.table.output_rows[table_rows].to(hidden.dtype)  # [R, used, H]
             scores = torch.nn.functional.pad(torch.einsum("rh,rch->rc", hidden, rows), (0, C - used))
             columns = torch.arange(C, device=hidden.device)
             known = columns < self.num_known[row_slots].unsqueeze(1)
