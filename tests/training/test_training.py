@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,39 +362,71 @@ def test_bf16_setting_resolves_to_a_bool():
         TrainConfig(train_files=["x"], bf16="yes")
 
 
-def test_two_processes_follow_the_single_process_loss_curve(base_dir, texts, tmp_path):
-    """torchrun, 2 ranks (DDP over gloo) == 1 process at the same global batch; its checkpoint
-    resumes in a single process."""
-    import dataclasses
+def _torchrun(config, *overrides: str) -> None:
+    """``z2z train --config config`` under torchrun, 2 ranks over gloo."""
     import subprocess
     import sys
 
-    settings = dict(max_steps=4, grad_accum=2, lora_dropout=0.0, save_every=2, eval_every=4)
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "z2z_vllm.cli", "train", "--config", str(config), *sets],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
+def _records(cfg: TrainConfig) -> list[dict]:
+    return [json.loads(line) for line in (Path(cfg.output_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def _curve(cfg: TrainConfig, steps=None) -> dict[int | str, dict]:
+    """Loss terms, gradient norm and tokens of each step (of the last run over it), and evaluations."""
+    curve = {}
+    for r in _records(cfg):
+        if "clm_loss" in r:
+            curve[r["step"]] = {key: r[key] for key in ("clm_loss", "reconstruction_loss", "folded_kl",
+                                                        "expansion_kl", "grad_norm", "compressed_tokens")}
+        elif "eval_clm_loss" in r:
+            curve[f"eval {r['step']}"] = {key: r[key] for key in ("eval_clm_loss", "eval_reconstruction_loss")}
+    return {key: value for key, value in curve.items() if steps is None or key in steps}
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_follow_the_single_process_loss_curve(base_dir, texts, tmp_path, parallel):
+    """torchrun, 2 ranks over gloo (DDP, or FSDP2 with sharded weights) == 1 process at the same
+    global batch: loss terms (distillation's teacher forward included), gradient norms (clipped at
+    max_grad_norm) and evaluations; the checkpoint, written in the single-process format, resumes
+    in a single process. Under FSDP a single process's checkpoint resumes too, on the curve a
+    single process continues on."""
+    import dataclasses
+
+    settings = dict(max_steps=4, grad_accum=2, lora_dropout=0.0, save_every=2, eval_every=4, max_grad_norm=0.5,
+                    distill_folded_weight=0.5, distill_expansion_weight=0.5)
     single = tiny_config(base_dir, texts, tmp_path / "one", **settings)
     train(single)
     two = tiny_config(base_dir, texts, tmp_path / "two", **settings)
     config = tmp_path / "two.json"
     config.write_text(json.dumps(two.to_dict()))
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "z2z_vllm.cli", "train", "--config", str(config)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    _torchrun(config, f"parallel={parallel}")
 
-    def records(cfg: TrainConfig) -> list[dict]:
-        lines = (tmp_path / cfg.output_dir / "log.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines]
-
-    def curve(cfg: TrainConfig) -> dict[int, tuple]:
-        return {r["step"]: (r["clm_loss"], r["reconstruction_loss"], r["compressed_tokens"])
-                for r in records(cfg) if "clm_loss" in r}
-
-    assert records(two)[0]["world_size"] == 2
-    expected, got = curve(single), curve(two)
-    assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+    start = _records(two)[0]
+    assert start["world_size"] == 2 and start["trainable_params"] == _records(single)[0]["trainable_params"]
+    expected, got = _curve(single), _curve(two)
+    assert sorted(got, key=str) == sorted(expected, key=str) == [1, 2, 3, 4, "eval 4"]
+    assert any(record.get("grad_norm", 0) > settings["max_grad_norm"] for record in expected.values())
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-4), step
     resumed = train(dataclasses.replace(two, max_steps=6))
-    assert resumed.step == 6 and records(two)[-1]["step"] == 6
-    assert [r for r in records(two) if r.get("event") == "start"][-1]["resumed_from"] == "checkpoint-4"
+    assert resumed.step == 6 and _records(two)[-1]["step"] == 6
+    assert [r for r in _records(two) if r.get("event") == "start"][-1]["resumed_from"] == "checkpoint-4"
+    if parallel == "fsdp":
+        with pytest.raises(ValueError, match="torchrun"):  # one process has nothing to shard over
+            train(dataclasses.replace(two, max_steps=7, parallel="fsdp"))
+        # Single-process checkpoint-4 continued under FSDP == the FSDP checkpoint continued alone.
+        config.write_text(json.dumps(dataclasses.replace(single, max_steps=6, parallel="fsdp").to_dict()))
+        _torchrun(config)
+        continued, alone = _curve(single, steps={5, 6, "eval 6"}), _curve(two, steps={5, 6, "eval 6"})
+        assert len(continued) == 3
+        for step in continued:
+            assert continued[step] == pytest.approx(alone[step], rel=1e-4), step

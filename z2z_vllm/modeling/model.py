@@ -175,16 +175,18 @@ class Zip2ZipForCausalLM(nn.Module):
         )
         return cls(base_model, config)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, *,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Writes ``z2z_config.json`` and ``z2z_encoders.safetensors`` (hyper-encoders and the
         reconstruction head, keys prefixed ``input_encoder.``, ``output_encoder.`` (absent when
-        tied), ``reconstruction.``). The base model is not saved here."""
+        tied), ``reconstruction.``). The base model is not saved here. ``state_dict``: those
+        weights to write instead of :meth:`hyper_state_dict` (e.g. gathered from FSDP shards)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         self.config.save(directory)
         save_file(
-            {name: tensor.contiguous() for name, tensor in self.hyper_state_dict().items()},
+            {name: tensor.contiguous() for name, tensor in (state_dict or self.hyper_state_dict()).items()},
             str(directory / WEIGHTS_FILE),
             metadata={"format": "pt"},
         )

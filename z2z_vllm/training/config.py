@@ -72,6 +72,9 @@ class TrainConfig:
     # than float32 (CPUs without AMX / AVX512-BF16 emulate it up to ~100x slower).
     bf16: bool | str = False
     device: str | None = None  # None: "cuda" when available, else "cpu"
+    # Under torchrun: "ddp" (a whole model per rank) or "fsdp" (FSDP2, each weight sharded over
+    # the ranks: for bases that do not fit one device). training.distributed.
+    parallel: str = "ddp"
     num_threads: int | None = None  # torch threads; None: torch's default
     seed: int = 0
     # Bookkeeping.
@@ -90,6 +93,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.bf16 not in (True, False, "auto"):
             raise ValueError(f"bf16 must be true, false or auto, got {self.bf16!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         self._check_domains()
         if not (self.train_files or self.domains):
             raise ValueError("no training data: set train_files or domains")

@@ -3,6 +3,7 @@
     z2z train --config configs/smollm2_code_short.yaml            # resumes from the latest checkpoint
     python -c "from z2z_vllm.training import load_train_config, train; train(load_train_config('cfg.yaml'))"
     torchrun --nproc_per_node 8 -m z2z_vllm.cli train --config cfg.yaml   # DDP (training.distributed)
+    torchrun --nproc_per_node 8 -m z2z_vllm.cli train --config cfg.yaml --set parallel=fsdp  # sharded
 
 The loss of a micro-batch (:func:`training_losses`): CLM over the compressed ids (hypertokens
 included), the reconstruction of entries' subtokens from their embeddings (on sampled entries
@@ -32,7 +33,6 @@ for evaluation, with LoRA merged.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import random
@@ -59,7 +59,7 @@ from z2z_vllm.training.data import (
     load_text_tokenizer,
 )
 from z2z_vllm.training.distill import distillation_losses, teacher_log_probs
-from z2z_vllm.training.distributed import join_world
+from z2z_vllm.training.distributed import World, gather_full_state, join_world, load_full_optimizer_state
 
 __all__ = [
     "TRAIN_CONFIG_FILE",
@@ -272,17 +272,30 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _save_checkpoint(model, optimizer, scheduler, state: TrainState, cfg: TrainConfig) -> Path:
+def _save_checkpoint(model, optimizer, scheduler, state: TrainState, cfg: TrainConfig, *,
+                     world: World) -> Path | None:
+    """Rank 0 writes the checkpoint (the others return None); a sharded model's full state is
+    gathered first, by every rank, so the files are those of a single process."""
+    weights, optimizer_state = gather_full_state(model, optimizer) if world.sharded else (None, None)
+    if not world.is_main:
+        return None
     output = Path(cfg.output_dir)
     final = output / f"checkpoint-{state.step}"
     staging = output / f".checkpoint-{state.step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model.base_model.save_pretrained(staging)  # LoRA adapter only
-    model.save_pretrained(staging)  # z2z config + hyper weights
+    if weights is None:
+        model.base_model.save_pretrained(staging)  # LoRA adapter only
+        model.save_pretrained(staging)  # z2z config + hyper weights
+    else:  # the same files, from the gathered weights (named from the root)
+        base_prefix = "base_model."
+        model.base_model.save_pretrained(staging, state_dict={
+            name.removeprefix(base_prefix): tensor for name, tensor in weights.items() if name.startswith(base_prefix)
+        })
+        model.save_pretrained(staging, state_dict={name: weights[name] for name in model.hyper_state_dict()})
     (staging / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        {"optimizer": optimizer_state or optimizer.state_dict(), "scheduler": scheduler.state_dict(),
          "rng": _rng_state(), "state": state.__dict__},
         staging / TRAINER_STATE_FILE,
     )
@@ -315,10 +328,14 @@ def _load_weights(folder: Path, model: Zip2ZipForCausalLM, *, fresh_reconstructi
     model.load_hyper_state_dict(hyper)
 
 
-def _load_checkpoint(checkpoint: Path, model, optimizer, scheduler) -> TrainState:
-    _load_weights(checkpoint, model)
+def _load_trainer_state(checkpoint: Path, model, optimizer, scheduler, *, world: World) -> TrainState:
+    """Optimizer, scheduler and RNG state and the :class:`TrainState` of a checkpoint (its weights:
+    :func:`_load_weights`, before the model is wrapped)."""
     saved = torch.load(checkpoint / TRAINER_STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    if world.sharded:
+        load_full_optimizer_state(model, optimizer, saved["optimizer"])
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     _set_rng_state(saved["rng"])
     return TrainState(**saved["state"])
@@ -393,7 +410,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    world = join_world(grad_accum=cfg.grad_accum, device=cfg.device)
+    world = join_world(grad_accum=cfg.grad_accum, device=cfg.device, parallel=cfg.parallel)
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = latest_checkpoint(output)
@@ -406,7 +423,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     tokenizer = load_text_tokenizer(cfg.tokenizer or resolve_base_model(cfg.base_model))
     model = build_model(cfg, tokenizer=tokenizer)
     device = world.device(cfg.device)
-    model.to(device).train()
+    if not world.sharded:  # FSDP moves each rank's shards there: the whole model never sits on it
+        model.to(device)
+    model.train()
     bf16 = use_bf16(cfg.bf16, device)
     if not world.is_main:  # rank 0 builds the data cache, the others read it
         world.barrier()
@@ -416,6 +435,11 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     train_data = CompressedDataset.concatenate(list(train_sets.values()))  # shuffled together below
     collator = Collator(codec=model.codec)
     train_collator = Collator(codec=model.codec, base_ids=distills(cfg))
+    if checkpoint is not None:
+        _load_weights(checkpoint, model)
+    elif cfg.init_from:
+        _load_weights(Path(cfg.init_from), model, fresh_reconstruction=True)
+    forward = world.wrap(model, device)  # FSDP shards `model` in place: its parameters change
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -423,14 +447,7 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
     )
     state = TrainState()
     if checkpoint is not None:
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
-    elif cfg.init_from:
-        _load_weights(Path(cfg.init_from), model, fresh_reconstruction=True)
-    forward = model
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, broadcast_buffers=False)  # buffers (RoPE) never change
+        state = _load_trainer_state(checkpoint, model, optimizer, scheduler, world=world)
     log = functools.partial(_log, cfg=cfg, state=state) if world.is_main else lambda *_, **__: None
     if world.is_main:
         (output / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -461,9 +478,9 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
             indices = _batch_indices(state.step * cfg.grad_accum + micro, num_sequences=len(train_data),
                                      batch_size=cfg.batch_size, seed=cfg.seed)
             batch = batch_to(train_collator([train_data[i] for i in indices]), device)
-            # DDP all-reduces (averages over ranks) in the backward of a rank's last micro-batch.
-            last = micro == mine[-1]
-            with (contextlib.nullcontext() if last or world.size == 1 else forward.no_sync()):
+            # DDP all-reduces (FSDP reduce-scatters) gradients, averaged over ranks, in the backward
+            # of a rank's last micro-batch.
+            with world.gradient_sync(forward, micro == mine[-1]):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     losses = training_losses(model, batch, cfg, forward=forward)
                 (losses.pop("loss") * world.size / cfg.grad_accum).backward()
@@ -488,12 +505,13 @@ def train(cfg: TrainConfig, *, resume: bool = True, stop_at_step: int | None = N
             log({"step": state.step, **terms,
                  "grad_norm": float(grad_norm), "lr": lr, "compressed_tokens": state.compressed_tokens,
                  "base_tokens": state.base_tokens, "elapsed_s": round(state.elapsed_s, 1)}, bar=bar)
-        if eval_sets and world.is_main and (state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
+        # Under FSDP every rank takes part in each forward (the weights are gathered from all).
+        if eval_sets and (world.is_main or world.sharded) and (
+                state.step % cfg.eval_every == 0 or state.step == cfg.max_steps):
             metrics = _evaluate_sources(model, eval_sets, collator=collator, cfg=cfg, bf16=bf16)
             log({"step": state.step, **metrics}, bar=bar)
         if state.step % cfg.save_every == 0 or state.step in (cfg.max_steps, last_stop):
-            if world.is_main:
-                _save_checkpoint(model, optimizer, scheduler, state, cfg)
+            _save_checkpoint(model, optimizer, scheduler, state, cfg, world=world)
             world.barrier()  # no rank runs ahead of a checkpoint (or of the evaluation before it)
     if bar is not None:
         bar.close()
