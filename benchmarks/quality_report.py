@@ -94,6 +94,11 @@ FULL = Knobs(bpb_bytes=60_000, window=512, prompts=16, prompt_chars=1024, max_to
              task_context_chars=1500)
 QUICK = Knobs(bpb_bytes=3_000, window=256, prompts=2, prompt_chars=512, max_tokens=16, task_items=4,
               task_context_chars=600)
+# Comparing training recipes (benchmarks/ablations.py): bits per byte on enough text to separate
+# them, the generation parts smaller.
+ABLATION = Knobs(bpb_bytes=20_000, window=512, prompts=4, prompt_chars=1024, max_tokens=64, task_items=20,
+                 task_context_chars=1500)
+SIZES = {"quick": QUICK, "ablation": ABLATION, "full": FULL}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,14 +398,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Knobs]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, help="a `z2z pack` folder (default: the shipped z2z-smollm2-135m)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where `z2z build-model` writes")
-    parser.add_argument("--quick", action="store_true", help="small knobs: a smoke run of a few minutes")
+    parser.add_argument("--size", choices=SIZES, default="full", help="knobs: quick (a smoke run of a few minutes), "
+                        "ablation (~10 min, for comparing recipes) or full (~30 min)")
+    parser.add_argument("--quick", action="store_true", help="the same as --size quick")
     parser.add_argument("--domains", nargs="+", help="z2z_vllm.data domains (default: all)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="vLLM engines' dtype")
     parser.add_argument("--threads", type=int, default=2, help="OMP/torch threads")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write conditions and all rows here")
     parser.add_argument("--png", type=Path, metavar="PATH", help="write the three charts here")
     args = parser.parse_args(argv)
-    return args, QUICK if args.quick else FULL
+    return args, SIZES["quick" if args.quick else args.size]
 
 
 def main(argv: list[str] | None = None) -> int:
