@@ -48,16 +48,19 @@ def answers_beside_loopback(port: int) -> bool:
         return False
 
 
-def export_tiny_model(directory: Path, *, seed: int = 0, arch: str = "llama") -> Path:
+def export_tiny_model(directory: Path, *, seed: int = 0, arch: str = "llama", **base_config) -> Path:
     """Writes a servable export of a tiny random z2z model over a ``arch`` base (llama, qwen2,
-    qwen3) into ``directory``; returns it."""
+    qwen3) into ``directory``; returns it. ``base_config``: changes to the base's config (e.g.
+    ``num_key_value_heads=2``; weights of a changed shape start fresh, all are randomized)."""
     import transformers
 
     from z2z_vllm.modeling import EncoderConfig, Zip2ZipForCausalLM
     from z2z_vllm.training import export_for_serving, save_checkpoint
 
     base_dir = tiny_base_folder(directory / "base", seed=seed, arch=arch)
-    base = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir))
+    base = transformers.AutoModelForCausalLM.from_pretrained(
+        str(base_dir), **base_config, ignore_mismatched_sizes=bool(base_config)
+    )
     model = Zip2ZipForCausalLM.from_base(
         base,
         max_codebook_size=C,

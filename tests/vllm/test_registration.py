@@ -19,6 +19,7 @@ pytest.importorskip("vllm")
 
 from vllm import envs  # noqa: E402
 from vllm.config.compilation import CUDAGraphMode  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
 
 from tests.vllm.vllm_source import ROOT  # noqa: E402
 from z2z_vllm.vllm.patches import V2_MODEL_RUNNER_ENV  # noqa: E402
@@ -32,7 +33,7 @@ def engine_config(**changes) -> SimpleNamespace:
         speculative_config=None,
         lora_config=None,
         parallel_config=SimpleNamespace(pipeline_parallel_size=1, tensor_parallel_size=1),
-        model_config=SimpleNamespace(enable_prompt_embeds=False),
+        model_config=SimpleNamespace(enable_prompt_embeds=False, enforce_eager=False),
         use_v2_model_runner=False,
         scheduler_config=SimpleNamespace(async_scheduling=None),
         compilation_config=SimpleNamespace(cudagraph_mode=None),
@@ -120,13 +121,31 @@ def test_an_explicit_request_for_the_v2_runner_is_refused_with_what_to_do(runner
     [
         ({"speculative_config": object()}, "speculative decoding"),
         ({"lora_config": object()}, "LoRA adapters"),
-        ({"parallel_config": SimpleNamespace(pipeline_parallel_size=1, tensor_parallel_size=2)}, "tensor parallelism"),
-        ({"model_config": SimpleNamespace(enable_prompt_embeds=True)}, "prompt embeddings"),
+        ({"model_config": SimpleNamespace(enable_prompt_embeds=True, enforce_eager=False)}, "prompt embeddings"),
     ],
 )
 def test_unsupported_engine_features_are_refused_by_name(changes, named):
     with pytest.raises(ValueError, match=f"z2z models do not support {named}"):
         Zip2ZipConfigChecks.verify_and_update_config(engine_config(**changes))
+
+
+@pytest.mark.parametrize(("tensor", "pipeline"), [(8, 1), (1, 2), (4, 2)])
+def test_tensor_and_pipeline_parallelism_are_accepted(tensor, pipeline, runner_env):
+    runner_env("0")
+    config = engine_config(parallel_config=SimpleNamespace(pipeline_parallel_size=pipeline, tensor_parallel_size=tensor))
+    Zip2ZipConfigChecks.verify_and_update_config(config)
+    assert config.scheduler_config.async_scheduling is False  # the hook went through
+
+
+@pytest.mark.skipif(not current_platform.is_cpu(), reason="a limit of vLLM's CPU backend")
+def test_eager_pipeline_parallelism_on_cpu_is_refused_with_what_to_do(runner_env):
+    runner_env("0")
+    config = engine_config(
+        parallel_config=SimpleNamespace(pipeline_parallel_size=2, tensor_parallel_size=1),
+        model_config=SimpleNamespace(enable_prompt_embeds=False, enforce_eager=True),
+    )
+    with pytest.raises(ValueError, match=r"pipeline parallelism on vLLM's CPU backend .* leave out enforce_eager"):
+        Zip2ZipConfigChecks.verify_and_update_config(config)
 
 
 # What a vLLM process imports to build any engine (EngineArgs loads the plugins; the registries

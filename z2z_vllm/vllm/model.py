@@ -14,21 +14,29 @@ config (vocabulary = the weights' ``z2z_base_vocab_size`` rows), with
   graphs see the same input address on every step, as with vLLM's own embeddings buffer for
   models that take embeddings (a graph replays from the address seen at capture).
 
-Memory for the slots: 2 x max_num_seqs x C x hidden values in the model dtype (SmolLM2-135M,
-C = 1024, 64 sequences, bf16: 151 MB), plus the shared row caches: 2 x 16384 x hidden (38 MB).
+Tensor parallelism: the encoders and the hyper rows are replicated on every rank (rows are full
+width: the logits need whole hidden states), the embedding and lm_head are vocabulary shards, from
+which the rows an encoding reads are gathered (:meth:`Zip2ZipModelMixin._encode_rows`). Pipeline
+parallelism: the first stage encodes input rows, the last output rows.
+
+Memory for the slots: the row table of :mod:`z2z_vllm.vllm.slots` (2 x rows in flight x hidden
+values in the model dtype) and its index (max_num_seqs x C int32), on every tensor-parallel rank.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from vllm.config import VllmConfig
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.mistral import MistralForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
@@ -39,8 +47,8 @@ from z2z_vllm.modeling.config import BASE_VOCAB_SIZE_KEY, HF_CONFIG_KEY, Zip2Zip
 from z2z_vllm.modeling.encoders import build_encoder
 from z2z_vllm.ops._backend import resolve
 from z2z_vllm.vllm import patches
-from z2z_vllm.vllm.compose import encode_rows
-from z2z_vllm.vllm.slots import HyperSlots
+from z2z_vllm.vllm.compose import encode_rows, encode_rows_from_shards
+from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
 
 __all__ = [
     "Zip2ZipModelMixin",
@@ -86,6 +94,32 @@ def check_codebook_backend(max_subtokens: int, backend: str | None) -> None:
         )
 
 
+class RankConsistentSlots(HyperSlots):
+    """:class:`HyperSlots` for tensor-parallel ranks: slots are freed in the same order on every
+    rank.
+
+    vLLM's runner frees finished requests in the iteration order of a set of request ids
+    (``SchedulerOutput.finished_req_ids``), which differs between worker processes (string hashes
+    are salted per process). Freed in that order, slots would go to different requests on
+    different ranks and the row table would keep and reuse different rows; the ranks would then
+    encode different rows, or the same in another order, and the sharded lookup's all-reduce would
+    sum rows of different ids, or wait for a rank with nothing to encode. Releases are held until
+    the next step and applied in sorted order (``num_active`` still counts them until then)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._released: set[str] = set()
+
+    def release(self, req_id: str) -> None:
+        self._released.add(req_id)
+
+    def begin_step(self, requests: Sequence[ScheduledRequest]) -> None:
+        for req_id in sorted(self._released):
+            super().release(req_id)
+        self._released.clear()
+        super().begin_step(requests)
+
+
 class Zip2ZipModelMixin:
     """Turns a vLLM ``*ForCausalLM`` (with ``self.model``, ``self.lm_head``) into its z2z form.
     Subclasses list the mixin first: ``class Zip2ZipXForCausalLM(Zip2ZipModelMixin, XForCausalLM)``."""
@@ -104,7 +138,8 @@ class Zip2ZipModelMixin:
 
         self.input_encoder = encoder(z2z.input_encoder)
         self.output_encoder = self.input_encoder if z2z.tie_encoders else encoder(z2z.output_encoder_config)
-        self.hyper_slots = HyperSlots(
+        slots_class = RankConsistentSlots if get_tensor_model_parallel_world_size() > 1 else HyperSlots
+        self.hyper_slots = slots_class(
             codec=z2z.codec(),
             num_slots=vllm_config.scheduler_config.max_num_seqs,
             hidden_size=hidden,
@@ -117,6 +152,8 @@ class Zip2ZipModelMixin:
         slots = self.hyper_slots
         backend = resolve("auto", slots.num_known.device, has_cuda_kernel=True) if slots.device_codebooks else None
         check_codebook_backend(z2z.max_subtokens, backend)
+        pipeline = get_pp_group()
+        self.is_first_stage, self.is_last_stage = pipeline.is_first_rank, pipeline.is_last_rank
         # The base model's input, at a fixed address (module docstring); the runner never
         # schedules more than max_num_batched_tokens tokens, padding included.
         self.inputs_embeds_buffer = torch.zeros(
@@ -126,21 +163,35 @@ class Zip2ZipModelMixin:
     # -- hyper rows -----------------------------------------------------------------------------
 
     def _encode_inputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
-        return encode_rows(
-            self.input_encoder,
-            subtoken_ids,
-            self.model.embed_tokens.weight,
-            max_subtokens=self.z2z_config.max_subtokens,
-            use_kernels=self.hyper_slots.use_kernels,
-        )
+        return self._encode_rows(self.input_encoder, subtoken_ids, self.model.embed_tokens if self.is_first_stage else None)
 
     def _encode_outputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
-        return encode_rows(
-            self.output_encoder,
-            subtoken_ids,
-            self.lm_head.weight,
-            max_subtokens=self.z2z_config.max_subtokens,
-            use_kernels=self.hyper_slots.use_kernels,
+        return self._encode_rows(self.output_encoder, subtoken_ids, self.lm_head if self.is_last_stage else None)
+
+    def _encode_rows(self, encoder: nn.Module, subtoken_ids: torch.Tensor, table: nn.Module | None) -> torch.Tensor:
+        """Rows [N, H] of ``encoder`` over ``table`` (the input embedding or the lm_head; None on a
+        pipeline stage that does not read these rows).
+
+        Under tensor parallelism ``table`` holds one vocabulary shard per rank: the rows read
+        are fetched by vLLM's own masked lookup and all-reduce (``VocabParallelEmbedding.forward``,
+        called on the lm_head too: its own ``forward`` refuses), and every rank encodes them
+        with its copy of the (small, replicated) encoder. Every rank enters that all-reduce at
+        the same point with the same ids: each runs :meth:`HyperSlots.begin_step` on the same
+        schedule over the same token lists (every rank samples the same tokens from the same
+        all-gathered logits) with slots and table rows taken and freed in the same order
+        (:class:`RankConsistentSlots`), so what gets encoded never depends on the rank.
+
+        Under pipeline parallelism only the first stage embeds the tokens and only the last
+        computes logits (the others hold no embedding or lm_head: ``PPMissingLayer``): the
+        other stages encode nothing and keep zero rows they never read."""
+        if table is None:
+            buffer = self.inputs_embeds_buffer
+            return buffer.new_zeros(len(subtoken_ids), buffer.shape[1])
+        settings = dict(max_subtokens=self.z2z_config.max_subtokens, use_kernels=self.hyper_slots.use_kernels)
+        if table.tp_size == 1:  # the whole table here: read it directly, no extra copy
+            return encode_rows(encoder, subtoken_ids, table.weight, **settings)
+        return encode_rows_from_shards(
+            encoder, subtoken_ids, functools.partial(VocabParallelEmbedding.forward, table), **settings
         )
 
     # -- vLLM model interface -------------------------------------------------------------------
@@ -156,7 +207,7 @@ class Zip2ZipModelMixin:
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ):
-        if inputs_embeds is None:
+        if inputs_embeds is None and self.is_first_stage:  # later stages start from intermediate_tensors
             inputs_embeds = self.inputs_embeds_buffer[: input_ids.shape[0]]
             inputs_embeds.copy_(self.embed_input_ids(input_ids))
         return self.model(None, positions, intermediate_tensors, inputs_embeds, **kwargs)

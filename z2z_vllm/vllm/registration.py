@@ -88,18 +88,36 @@ class Zip2ZipConfigChecks:
         unsupported = {
             "speculative decoding": vllm_config.speculative_config is not None,
             "LoRA adapters (enable_lora)": vllm_config.lora_config is not None,
-            "pipeline parallelism": vllm_config.parallel_config.pipeline_parallel_size > 1,
-            # The hyper-encoders read whole embedding tables, which tensor parallelism shards.
-            "tensor parallelism": vllm_config.parallel_config.tensor_parallel_size > 1,
             "prompt embeddings (enable_prompt_embeds)": bool(vllm_config.model_config.enable_prompt_embeds),
         }
         refused = [name for name, asked in unsupported.items() if asked]
         if refused:
             raise ValueError(f"z2z models do not support {', '.join(refused)} yet")
+        # Tensor and pipeline parallelism work: z2z_vllm.vllm.model reads the sharded embedding
+        # and lm_head rows it needs on each rank, on the pipeline stage that holds them.
+        _refuse_eager_pipeline_on_cpu(vllm_config)
         _select_v1_model_runner(vllm_config)
         _turn_off_async_scheduling(vllm_config.scheduler_config)
         _piecewise_cuda_graphs_only(vllm_config.compilation_config)
         patches.apply()
+
+
+def _refuse_eager_pipeline_on_cpu(vllm_config: VllmConfig) -> None:
+    """vLLM's CPU worker (0.32, 0.33) allocates the buffer a later pipeline stage receives its
+    input in only during its compile warm-up, which eager mode skips: that stage's first step
+    then fails an assertion and the engine dies (plain models too). Refused with what to do."""
+    from vllm.platforms import current_platform
+
+    if (
+        vllm_config.parallel_config.pipeline_parallel_size > 1
+        and current_platform.is_cpu()
+        and vllm_config.model_config.enforce_eager
+    ):
+        raise ValueError(
+            "pipeline parallelism on vLLM's CPU backend needs the compiled model: leave out "
+            "enforce_eager (--enforce-eager). vLLM's CPU worker allocates a later stage's inputs only "
+            "in its compile warm-up, which eager mode skips (plain models fail the same way)"
+        )
 
 
 def _select_v1_model_runner(vllm_config: VllmConfig) -> None:
