@@ -620,16 +620,17 @@ class RowIndex {
     const auto [count, width] = shape(contents);
     py::array_t<int64_t> rows(count);
     std::vector<int64_t> fresh;
-    for (py::ssize_t r = 0; r < count; ++r) content_length(contents.data() + r * width, width);  // all or nothing
+    std::vector<size_t> lengths(count);
+    for (py::ssize_t r = 0; r < count; ++r) lengths[r] = content_length(contents.data() + r * width, width);  // all or nothing
     {
       py::gil_scoped_release release;
+      const std::vector<uint64_t> hashes = hash_and_prefetch(contents, lengths);
       int64_t* out = rows.mutable_data();
       for (py::ssize_t r = 0; r < count; ++r) {
         const int32_t* row = contents.data() + r * width;
-        const size_t length = content_length(row, width);
-        const uint64_t hash = hash_row(row, length);
-        const size_t found = locate(hash, row, length);
-        int64_t position = table_[found].value;
+        const size_t length = lengths[r];
+        const uint64_t hash = hashes[r];
+        int64_t position = table_[locate(hash, row, length)].value;
         if (position < 0) {
           position = take();
           std::copy(row, row + length, keys_.begin() + position * width_);
@@ -681,11 +682,12 @@ class RowIndex {
   py::array_t<int64_t> find(const Contents2D& contents) const {
     const auto [count, width] = shape(contents);
     py::array_t<int64_t> rows(count);
-    for (py::ssize_t r = 0; r < count; ++r) {
-      const int32_t* row = contents.data() + r * width;
-      const size_t length = content_length(row, width);
-      rows.mutable_data()[r] = table_[locate(hash_row(row, length), row, length)].value;
-    }
+    std::vector<size_t> lengths(count);
+    for (py::ssize_t r = 0; r < count; ++r) lengths[r] = content_length(contents.data() + r * width, width);
+    py::gil_scoped_release release;
+    const std::vector<uint64_t> hashes = hash_and_prefetch(contents, lengths);
+    for (py::ssize_t r = 0; r < count; ++r)
+      rows.mutable_data()[r] = table_[locate(hashes[r], contents.data() + r * width, lengths[r])].value;
     return rows;
   }
 
@@ -727,6 +729,26 @@ class RowIndex {
     return length;
   }
   const int32_t* key(size_t position) const { return keys_.data() + position * width_; }
+  // The contents' hashes. Look-ups miss the cache (a big table, random contents): the loads of
+  // each content's home slot, then of the row found there, are issued for all contents at once
+  // rather than one miss after another.
+  std::vector<uint64_t> hash_and_prefetch(const Contents2D& contents, const std::vector<size_t>& lengths) const {
+    const py::ssize_t width = contents.shape(1);
+    std::vector<uint64_t> hashes(lengths.size());
+    const size_t mask = table_.size() - 1;
+    for (size_t r = 0; r < lengths.size(); ++r) {
+      hashes[r] = hash_row(contents.data() + r * width, lengths[r]);
+      __builtin_prefetch(&table_[hashes[r] & mask]);
+    }
+    for (size_t r = 0; r < lengths.size(); ++r) {
+      const int64_t home = table_[hashes[r] & mask].value;
+      if (home < 0) continue;
+      __builtin_prefetch(key(home));
+      __builtin_prefetch(&lengths_[home]);
+      __builtin_prefetch(&references_[home]);
+    }
+    return hashes;
+  }
   size_t locate(uint64_t hash, const int32_t* row, size_t length) const {
     return probe(table_, hash, [&](int64_t position) {
       return lengths_[position] == static_cast<int64_t>(length) && std::equal(row, row + length, key(position));

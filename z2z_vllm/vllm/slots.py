@@ -19,8 +19,10 @@ Each slot holds:
 Two requests with the same entry share its row; a row is encoded once per content while any
 request (or the cache) holds it, its input row only when the entry is first read as input. A
 slot's reset, replay or release drops its references; a referenced row is never overwritten.
-Memory: 2 x R x H values (R: distinct entries in flight, measured by ``benchmarks/slots_bench.py``)
-instead of 2 x S x C x H, plus the index (S x C x 4 bytes).
+KwKwK candidates are copied from the table where it holds their content, else encoded each
+time and not stored (a request's candidate changes every step). Memory: 2 x R x H values (R:
+distinct entries in flight, 25-35 % of S x C on code in ``benchmarks/slots_bench.py``) instead
+of 2 x S x C x H, plus the index (S x C x 4 bytes).
 
 Per step, :meth:`HyperSlots.begin_step` advances each request's decoder over the request's own
 token list up to the end of its scheduled range (not over the ids the model sees, which skip
@@ -112,17 +114,21 @@ class RowTable:
         self.input_rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
         self.input_ready = np.zeros(capacity, dtype=bool)
 
-    def acquire(self, contents: np.ndarray) -> np.ndarray:
+    def acquire(self, contents: np.ndarray, uncached: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """Rows [N] of ``contents`` ([N, W] base ids, -1 padded), one reference each, encoding
-        the output rows of contents not in the table."""
+        the output rows of contents not in the table, and in the same encoder call the output
+        rows of ``uncached`` [K, W], returned [K, H], not stored."""
         rows, fresh = self.index.acquire(contents)
         self._fit()
+        device = self.output_rows.device
+        encoded = self.output_rows[:0]
+        if len(fresh) or len(uncached):
+            new = np.concatenate([contents[fresh], uncached]) if len(uncached) else contents[fresh]
+            encoded = _encode(self.encode_outputs, new, device).to(self.output_rows.dtype)
         if len(fresh):
-            device = self.output_rows.device
-            encoded = _encode(self.encode_outputs, contents[fresh], device)
-            self.output_rows.index_copy_(0, _on(device, rows[fresh]), encoded.to(self.output_rows.dtype))
+            self.output_rows.index_copy_(0, _on(device, rows[fresh]), encoded[: len(fresh)])
             self.input_ready[rows[fresh]] = False
-        return rows
+        return rows, encoded[len(fresh) :]
 
     def reserve(self, count: int) -> np.ndarray:
         """``count`` rows without content, one reference each (rows the device writes)."""
@@ -265,7 +271,7 @@ class HyperSlots:
         dtype: torch.dtype,
         use_kernels: bool | None = None,
         device_codebooks: bool | None = None,
-        initial_rows: int = 16384,
+        initial_rows: int | None = None,
         native_host: bool = True,
     ) -> None:
         self.codec = codec
@@ -273,6 +279,9 @@ class HyperSlots:
         self.vocab_size = codec.initial_vocab_size
         self.codebook_size = codec.max_codebook_size
         S, C, H = num_slots, self.codebook_size, hidden_size
+        # A quarter of S x C rows to start: distinct entries in flight came to 25-35 % of it on
+        # code (benchmarks/slots_bench.py); the table doubles past that.
+        initial_rows = max(1024, S * C // 4) if initial_rows is None else initial_rows
         self.table = RowTable(
             encode_inputs, encode_outputs, capacity=initial_rows, max_subtokens=codec.max_subtokens,
             hidden_size=H, device=device, dtype=dtype,
@@ -388,50 +397,61 @@ class HyperSlots:
         device = self.num_known.device
         self._step += 1
         slots = np.array([self._slot_of.get(request.req_id, -1) for request in requests], dtype=np.int64)
-        self._last_step[slots[slots >= 0]] = self._step  # before new requests take idle slots
-        for r in np.flatnonzero(slots < 0).tolist():
-            slots[r] = self.slot(requests[r].req_id)
+        new = slots < 0
+        if new.any():
+            self._last_step[slots[~new]] = self._step  # before new requests take idle slots
+            for r in np.flatnonzero(new).tolist():
+                slots[r] = self.slot(requests[r].req_id)
+        else:
+            self._last_step[slots] = self._step
+        counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
         host = np.ones(len(slots), dtype=bool)
         if self.device_codebooks:  # decode steps where the device copy stands run there
             begins = np.array([request.begin for request in requests], dtype=np.int64)
-            ends = np.array([request.end for request in requests], dtype=np.int64)
-            host = (ends != begins + 1) | (self._device_position[slots] != begins)
+            host = (counts != 1) | (self._device_position[slots] != begins)
         try:
             step = self.host.advance(requests, slots, host)
         except ValueError:
             for slot in slots.tolist():
                 self._reset(slot)
             raise
-        host_slots = slots[host]
-        # Replayed codebooks drop all their rows, caught-up ones the rows reserved for the device:
-        # the entries created below name their rows by content.
-        self._drop_references(host_slots, np.where(step.replayed[host], 0, self._num_known_host[host_slots]))
-        self._num_known_host[host_slots] = step.num_entries[host]
-        self._has_candidate_host[host_slots] = step.has_candidate[host]
+        # Without device codebooks every request takes the host path: no masks to apply.
+        all_host = not self.device_codebooks or bool(host.all())
+        host_slots = slots if all_host else slots[host]
+        num_entries = step.num_entries if all_host else step.num_entries[host]
+        if self.device_codebooks or step.replayed.any():
+            # Replayed codebooks drop all their rows, caught-up ones the rows reserved for the
+            # device: the entries created below name their rows by content.
+            replayed = step.replayed if all_host else step.replayed[host]
+            self._drop_references(host_slots, np.where(replayed, 0, self._num_known_host[host_slots]))
+        self._num_known_host[host_slots] = num_entries
+        self._has_candidate_host[host_slots] = step.has_candidate if all_host else step.has_candidate[host]
 
         self._encode_outputs(step, slots, device)
         self._encode_inputs(step)
-        self._columns_used = min(int(self._num_known_host[slots].max(initial=0)) + 1, self.codebook_size)
         self._token_on_device = None
         if self.device_codebooks:
             for slot in host_slots.tolist():  # the device copy follows the host decoder again
                 decoder = self.host.decoders[slot]
                 self.state.load_(slot, list(decoder.codebook.values()), decoder.known_at, decoder.buffer)
                 self._device_position[slot] = decoder.position
-            if not host.all():
-                on_device = ~host
-                self._reserve_rows(slots[on_device])
+            if not all_host:
+                self._reserve_rows(slots[~host])
         self.num_known.copy_(torch.from_numpy(self._num_known_host))
         self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
-        if self.device_codebooks and not host.all():
-            self._advance_on_device(slots[on_device], step.first_token[on_device], device)
-            # The host does not know how far the device advanced those codebooks.
-            self._columns_used = self.codebook_size
+        if all_host:
+            # Columns any row of this step can use: defined entries plus one KwKwK candidate.
+            self._columns_used = min(int(num_entries.max(initial=0)) + 1, self.codebook_size)
+        else:
+            self._advance_on_device(slots[~host], step.first_token[~host], device)
+            self._columns_used = self.codebook_size  # the host does not know how far the device went
         self._row_slots = _on(device, slots)
-        # np.repeat, not torch.repeat_interleave: the latter cost ~10 ms a step on a loaded CPU.
-        counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
-        self._token_slots = _on(device, np.repeat(slots, counts))
-        if self.device_codebooks and not host.all():
+        if (counts == 1).all():  # decode steps: one token per request, in request order
+            self._token_slots = self._row_slots
+        else:
+            # np.repeat, not torch.repeat_interleave: the latter cost ~10 ms a step on a loaded CPU.
+            self._token_slots = _on(device, np.repeat(slots, counts))
+        if not all_host:
             self._token_on_device = _on(device, np.repeat(~host, counts))
 
     def _reserve_rows(self, slots: np.ndarray) -> None:
@@ -483,21 +503,27 @@ class HyperSlots:
         self._device_position[slots] += 1
 
     def _encode_outputs(self, step: StepAdvance, slots: np.ndarray, device: torch.device) -> None:
-        """Rows of the entries created (their slots keep one reference each) and of the KwKwK
-        candidates (copied into the candidate rows; their references end with the step)."""
+        """Rows of the entries created (their slots keep one reference each), and the KwKwK
+        candidate rows: copied from the table where it holds their content, else encoded (in
+        the same encoder call as the new entries) and not stored: a request's candidate changes
+        at every step, and storing each would push cached entries out of the table."""
         with_candidate = np.flatnonzero(step.has_candidate)
-        created = len(step.created_slot)
-        if not created and not len(with_candidate):
-            return
-        rows = self.table.acquire(np.concatenate([step.created_content, step.candidate[with_candidate]]))
-        if created:
-            entry_rows = rows[:created].astype(np.int32)
+        candidates = step.candidate[with_candidate]
+        found = self.table.index.find(candidates)
+        cached, missing = np.flatnonzero(found >= 0), np.flatnonzero(found < 0)
+        if len(cached):  # copied before acquire, which may reuse an unreferenced row
+            rows = self.table.output_rows.index_select(0, _on(device, found[cached]))
+            self.candidate_rows.index_copy_(0, _on(device, slots[with_candidate[cached]]), rows)
+        encoded = None
+        if len(step.created_slot):
+            rows, encoded = self.table.acquire(step.created_content, uncached=candidates[missing])
+            entry_rows = rows.astype(np.int32)
             self._index_host[step.created_slot, step.created_index] = entry_rows
             self._write_index(step.created_slot, step.created_index, entry_rows)
-        if len(with_candidate):
-            candidates = rows[created:]
-            self.candidate_rows[_on(device, slots[with_candidate])] = self.table.output_rows[_on(device, candidates)]
-            self.table.release(candidates)
+        elif len(missing):
+            encoded = _encode(self.encode_outputs, candidates[missing], device).to(self.candidate_rows.dtype)
+        if len(missing):
+            self.candidate_rows.index_copy_(0, _on(device, slots[with_candidate[missing]]), encoded)
 
     def _encode_inputs(self, step: StepAdvance) -> None:
         """Input rows of the hypertokens read whose rows hold none yet."""
