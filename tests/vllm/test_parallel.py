@@ -7,19 +7,22 @@ as the HF reference, hypertokens in prompts and outputs, prefix caching on."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.ops.helpers import triton_device
-from tests.vllm.helpers import PATTERNS, export_tiny_model, greedy, make_llm, reference_generation, shared_prefix_prompts
-from tests.vllm.test_compose import H, M, V, make, subtoken_ids
-from tests.vllm.test_patches import vllm_source  # noqa: F401  (fixture: the installed vLLM and the CUDA wheel)
-from z2z_vllm.vllm.compose import encode_rows_from_shards
-
 pytest.importorskip("vllm")
+
+from tests.ops.helpers import triton_device  # noqa: E402
+from tests.vllm.helpers import (  # noqa: E402
+    PATTERNS, export_tiny_model, greedy, make_llm, reference_generation, shared_prefix_prompts,
+)  # fmt: skip
+from tests.vllm.test_compose import H, M, V, make, subtoken_ids  # noqa: E402
+from tests.vllm.test_patches import vllm_source  # noqa: E402, F401  (fixture: the installed vLLM and the CUDA wheel)
+from z2z_vllm.vllm.compose import encode_rows_from_shards  # noqa: E402
 
 # -- rows from vocabulary shards, no engine ----------------------------------------------------
 
@@ -33,7 +36,7 @@ def sharded_lookup(table: torch.Tensor, calls: list[torch.Tensor]):
     def lookup(ids: torch.Tensor) -> torch.Tensor:
         calls.append(ids)
         total = torch.zeros(len(ids), table.shape[1])
-        for start, end in zip(SHARD_BOUNDS, SHARD_BOUNDS[1:]):
+        for start, end in itertools.pairwise(SHARD_BOUNDS):
             mine = (ids >= start) & (ids < end)
             local = F.embedding((ids - start).clamp(0, end - start - 1), table[start:end])
             total += local.masked_fill(~mine[:, None], 0)
@@ -112,7 +115,9 @@ def test_vllm_internals_the_sharded_rows_rely_on(vllm_source):  # noqa: F811
     assert "if self.tp_size == 1:" in forward
     assert "get_masked_input_and_mask(" in forward and "tensor_model_parallel_all_reduce(output_parallel)" in forward
     assert "masked_fill_(input_mask.unsqueeze(-1), 0)" in forward
-    assert "self.tp_size = get_tensor_model_parallel_world_size()" in src.source(EMBEDDING, "VocabParallelEmbedding.__init__")
+    assert "self.tp_size = get_tensor_model_parallel_world_size()" in src.source(
+        EMBEDDING, "VocabParallelEmbedding.__init__"
+    )
     assert "raise RuntimeError" in src.source(EMBEDDING, "ParallelLMHead.forward")  # hence the base's forward
     assert src.parameters(EMBEDDING, "ParallelLMHead.__init__")[:3] == ["self", "num_embeddings", "embedding_dim"]
     # Pipeline stages without the embedding / lm_head hold a PPMissingLayer in their place.
@@ -120,7 +125,9 @@ def test_vllm_internals_the_sharded_rows_rely_on(vllm_source):  # noqa: F811
     assert "self.embed_tokens = PPMissingLayer()" in llama and "self.lm_head = PPMissingLayer()" in llama
     # Why registration refuses eager pipeline parallelism on CPU: a later stage's input buffer is
     # allocated in the dummy run only, which the CPU runner's warm-up skips in eager mode.
-    assert "self.intermediate_tensors = (" in src.source("vllm/v1/worker/gpu_model_runner.py", "GPUModelRunner._dummy_run")
+    assert "self.intermediate_tensors = (" in src.source(
+        "vllm/v1/worker/gpu_model_runner.py", "GPUModelRunner._dummy_run"
+    )
     warm_up = src.source("vllm/v1/worker/cpu_model_runner.py", "CPUModelRunner.warming_up_model")
     assert "if self.vllm_config.compilation_config.mode == CompilationMode.NONE:\n            return" in warm_up
 
@@ -183,7 +190,7 @@ def run_twice(engine, prompts, reference) -> None:
     assert hits >= 32 * 3
 
 
-ENGINE_SETTINGS = dict(enable_prefix_caching=True, block_size=32, disable_log_stats=False)
+ENGINE_SETTINGS = {"enable_prefix_caching": True, "block_size": 32, "disable_log_stats": False}
 
 
 @pytest.mark.slow
@@ -200,7 +207,9 @@ def test_one_rank_gives_the_hf_reference(tp_export, tp_prompts, tp_reference):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device_codebooks", [False, True], ids=["host-codebooks", "device-codebooks"])
-def test_two_tensor_parallel_ranks_give_the_hf_reference(tp_export, tp_prompts, tp_reference, monkeypatch, device_codebooks):
+def test_two_tensor_parallel_ranks_give_the_hf_reference(
+    tp_export, tp_prompts, tp_reference, monkeypatch, device_codebooks
+):
     """Device codebooks (the GPU path's decode steps, forced on here) encode rows on every decode
     step outside the row caches: the sharded lookup runs in both paths."""
     from z2z_vllm.vllm.model import DEVICE_CODEBOOKS_ENV

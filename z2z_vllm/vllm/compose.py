@@ -40,7 +40,9 @@ def encode_rows(
     the kernels on CPU tensors under ``TRITON_INTERPRET=1``)."""
     if not use_kernels:
         return encoder(subtoken_ids, table)
-    return _encode_fused(encoder, subtoken_ids, table, pad_row=_pad_row(encoder), max_subtokens=max_subtokens, backend=backend)
+    return _encode_fused(
+        encoder, subtoken_ids, table, pad_row=_pad_row(encoder), max_subtokens=max_subtokens, backend=backend
+    )
 
 
 @torch.no_grad()

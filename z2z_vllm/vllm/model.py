@@ -163,7 +163,9 @@ class Zip2ZipModelMixin:
     # -- hyper rows -----------------------------------------------------------------------------
 
     def _encode_inputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
-        return self._encode_rows(self.input_encoder, subtoken_ids, self.model.embed_tokens if self.is_first_stage else None)
+        return self._encode_rows(
+            self.input_encoder, subtoken_ids, self.model.embed_tokens if self.is_first_stage else None
+        )
 
     def _encode_outputs(self, subtoken_ids: torch.Tensor) -> torch.Tensor:
         return self._encode_rows(self.output_encoder, subtoken_ids, self.lm_head if self.is_last_stage else None)
@@ -187,7 +189,7 @@ class Zip2ZipModelMixin:
         if table is None:
             buffer = self.inputs_embeds_buffer
             return buffer.new_zeros(len(subtoken_ids), buffer.shape[1])
-        settings = dict(max_subtokens=self.z2z_config.max_subtokens, use_kernels=self.hyper_slots.use_kernels)
+        settings = {"max_subtokens": self.z2z_config.max_subtokens, "use_kernels": self.hyper_slots.use_kernels}
         if table.tp_size == 1:  # the whole table here: read it directly, no extra copy
             return encode_rows(encoder, subtoken_ids, table.weight, **settings)
         return encode_rows_from_shards(
