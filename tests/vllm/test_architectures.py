@@ -54,15 +54,15 @@ def test_reloaded_weights_are_used_for_the_hyper_rows(tiny_export, prompts):
     engine = make_llm(tiny_export)
 
     def count_encodes(model) -> None:
-        cache = model.hyper_slots.input_cache
-        encode = cache.encode
+        table = model.hyper_slots.table
+        encode = table.encode_inputs
         model.z2z_encoded_rows = 0
 
         def counting(entries):
             model.z2z_encoded_rows += len(entries)
             return encode(entries)
 
-        cache.encode = counting
+        table.encode_inputs = counting
 
     def encoded_by(run) -> int:
         engine.apply_model(lambda model: setattr(model, "z2z_encoded_rows", 0))

@@ -365,7 +365,10 @@ class HyperSlots:
         self.table.clear()
 
     def _reset(self, slot: int) -> None:
-        self._drop_references(np.array([slot]), np.zeros(1, dtype=np.int64))
+        held = int(self._num_known_host[slot] + self._num_reserved[slot])
+        if held:
+            self.table.release(self._index_host[slot, :held])
+        self._num_reserved[slot] = 0
         self._device_position[slot] = -1
         self.host.reset(slot)
         self._num_known_host[slot] = 0
@@ -379,12 +382,9 @@ class HyperSlots:
         if not has_rows.any():
             return
         slots, keep, ends = slots[has_rows], keep[has_rows], ends[has_rows]
-        if len(slots) == 1:  # slot resets and releases: one slice
-            rows = self._index_host[slots[0], keep[0] : ends[0]]
-        else:
-            columns = np.arange(int(ends.max()))
-            rows = self._index_host[slots, : len(columns)][(columns >= keep[:, None]) & (columns < ends[:, None])]
-        self.table.release(rows)
+        columns = np.arange(int(ends.max()))
+        within = (columns >= keep[:, None]) & (columns < ends[:, None])
+        self.table.release(self._index_host[slots, : len(columns)][within])
         self._num_reserved[slots] = 0
         self._num_known_host[slots] = np.minimum(self._num_known_host[slots], keep)
 
