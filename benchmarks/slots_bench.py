@@ -69,6 +69,7 @@ def load_base_ids(corpus_bytes: int) -> tuple[np.ndarray, tuple[int, ...], dict]
         texts = [doc.text for doc in corpus_documents("code", split="heldout", max_bytes=corpus_bytes)]
         encodings = load_tokenizer("smollm2").encode_batch_fast(texts, add_special_tokens=False)
         ids = np.concatenate([np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings])
+        print(f"{len(ids):,} base ids of held-out code; each request reads {M} x (prompt + decode steps) of them")
         return ids, tuple(special_token_ids("smollm2")), {"tokens": "smollm2 over z2z_vllm.data code, held-out"}
     except Exception as error:  # any missing source: measure on bytes, and say so
         print(f"WARNING: SmolLM2 / held-out code unavailable ({error}); using UTF-8 bytes", file=sys.stderr)
@@ -203,6 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny knobs: a smoke run of a few seconds")
     parser.add_argument("--requests", type=int, nargs="+", help="request counts (default 32 256 1024)")
     parser.add_argument("--rounds", type=int, help="rounds of prefill + decode steps per path (default 2)")
+    parser.add_argument("--corpus-bytes", type=int, help="held-out code to read (default 1.5 MB; windows repeat past it)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write conditions and every sample here")
     return parser.parse_args(argv)
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**{**settings.__dict__, "request_counts": tuple(args.requests)})
     if args.rounds:
         settings = Settings(**{**settings.__dict__, "rounds": args.rounds})
+    if args.corpus_bytes:
+        settings = Settings(**{**settings.__dict__, "corpus_bytes": args.corpus_bytes})
     torch.set_num_threads(args.torch_threads)
     base_ids, special_ids, source = load_base_ids(settings.corpus_bytes)
     codec = LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M, disabled_ids=special_ids)

@@ -93,8 +93,7 @@ def _encode(encode: Encoder, contents: np.ndarray, device: torch.device) -> torc
 
 class RowTable:
     """Hyper output and input rows ``[R, H]`` by entry content, shared by every request: a row
-    depends only on the entry's base ids, and common entries (and KwKwK candidates) recur across
-    requests and steps. Slots name rows through their index and hold one reference per entry
+    depends only on the entry's base ids, and common entries recur across requests and steps. Slots name rows through their index and hold one reference per entry
     (:class:`z2z_vllm.codec.RowIndex` keeps contents and counts natively). A row nobody
     references stays cached by content, reused least recently released first; when every row is
     referenced the table doubles. Input rows are encoded on first read as input (a ready flag per
@@ -102,7 +101,8 @@ class RowTable:
 
     Rows are read only outside vLLM's compiled / CUDA-graph-captured base model (embedding
     composition before the static input buffer, ``compute_logits``), so the new tensors growth
-    makes, at new addresses, are safe."""
+    makes, at new addresses, are safe (they are not in vLLM's memory profile: pass
+    ``HyperSlots(initial_rows=...)`` to allocate the expected peak up front)."""
 
     def __init__(
         self, encode_inputs: Encoder, encode_outputs: Encoder, *, capacity: int, max_subtokens: int,
