@@ -620,31 +620,62 @@ class RowIndex {
     const auto [count, width] = shape(contents);
     py::array_t<int64_t> rows(count);
     std::vector<int64_t> fresh;
-    std::vector<size_t> lengths(count);
-    for (py::ssize_t r = 0; r < count; ++r) lengths[r] = content_length(contents.data() + r * width, width);  // all or nothing
+    const std::vector<size_t> lengths = content_lengths(contents);
     {
       py::gil_scoped_release release;
-      const std::vector<uint64_t> hashes = hash_and_prefetch(contents, lengths);
-      int64_t* out = rows.mutable_data();
-      for (py::ssize_t r = 0; r < count; ++r) {
-        const int32_t* row = contents.data() + r * width;
-        const size_t length = lengths[r];
-        const uint64_t hash = hashes[r];
-        int64_t position = table_[locate(hash, row, length)].value;
-        if (position < 0) {
-          position = take();
-          std::copy(row, row + length, keys_.begin() + position * width_);
-          lengths_[position] = static_cast<int64_t>(length);
-          hashes_[position] = hash;
-          table_[locate(hash, row, length)] = HashSlot{hash, position};  // take() may rehash
-          fresh.push_back(r);
-        } else if (references_[position]++ == 0) {
-          unlink(position);
-        }
-        out[r] = position;
-      }
+      acquire_into(contents, lengths, rows.mutable_data(), fresh);
     }
     return py::make_tuple(rows, to_array(fresh));
+  }
+
+  // One serving step's output rows in one call: acquire(entries), then the KwKwK candidates of
+  // the requests with has_candidate looked up (not stored). Returns (rows [K] int32 of the
+  // entries, fresh_rows [F] the rows given a content now, to_encode [F + U, width] int64: the
+  // contents of those rows then of the U candidates not found, -1 padded to the longest,
+  // cached [Cc] the requests whose candidate the table holds, cached_rows [Cc] its rows,
+  // missing [U] the requests whose candidate is encoded).
+  py::tuple acquire_step(const Contents2D& entries, const Contents2D& candidates,
+                         const py::array_t<bool, py::array::c_style | py::array::forcecast>& has_candidate) {
+    const auto [count, width] = shape(entries);
+    const auto [requests, candidate_width] = shape(candidates);
+    if (has_candidate.size() != requests)
+      throw py::value_error("has_candidate needs one flag per candidate row: " + std::to_string(requests) +
+                            " rows, " + std::to_string(has_candidate.size()) + " flags");
+    const std::vector<size_t> lengths = content_lengths(entries), candidate_lengths = content_lengths(candidates);
+    std::vector<int64_t> rows(count), fresh, cached, cached_rows, missing;
+    size_t longest = 1;
+    {
+      py::gil_scoped_release release;
+      acquire_into(entries, lengths, rows.data(), fresh);
+      // After the entries: a candidate that is one of them is found in its row.
+      const std::vector<uint64_t> hashes = hash_and_prefetch(candidates, candidate_lengths);
+      for (py::ssize_t r = 0; r < requests; ++r) {
+        if (!has_candidate.data()[r]) continue;
+        const int64_t row = table_[locate(hashes[r], candidates.data() + r * candidate_width, candidate_lengths[r])].value;
+        if (row >= 0) {
+          cached.push_back(r);
+          cached_rows.push_back(row);
+        } else {
+          missing.push_back(r);
+          longest = std::max(longest, candidate_lengths[r]);
+        }
+      }
+      for (int64_t f : fresh) longest = std::max(longest, lengths[f]);
+    }
+    py::array_t<int64_t> to_encode({static_cast<py::ssize_t>(fresh.size() + missing.size()), static_cast<py::ssize_t>(longest)});
+    int64_t* out = to_encode.mutable_data();
+    std::fill(out, out + to_encode.size(), -1);
+    std::vector<int64_t> fresh_rows;
+    for (size_t i = 0; i < fresh.size(); ++i, out += longest) {
+      std::copy(entries.data() + fresh[i] * width, entries.data() + fresh[i] * width + lengths[fresh[i]], out);
+      fresh_rows.push_back(rows[fresh[i]]);
+    }
+    for (size_t i = 0; i < missing.size(); ++i, out += longest) {
+      const int32_t* row = candidates.data() + missing[i] * candidate_width;
+      std::copy(row, row + candidate_lengths[missing[i]], out);
+    }
+    return py::make_tuple(to_array<int64_t, int32_t>(rows), to_array(fresh_rows), to_encode, to_array(cached),
+                          to_array(cached_rows), to_array(missing));
   }
 
   // `count` rows without content, referenced once each (rows the device writes blind).
@@ -729,6 +760,36 @@ class RowIndex {
     return length;
   }
   const int32_t* key(size_t position) const { return keys_.data() + position * width_; }
+  // Every row's length, checked before anything changes (all or nothing).
+  std::vector<size_t> content_lengths(const Contents2D& contents) const {
+    const py::ssize_t width = contents.shape(1);
+    std::vector<size_t> lengths(contents.shape(0));
+    for (size_t r = 0; r < lengths.size(); ++r) lengths[r] = content_length(contents.data() + r * width, width);
+    return lengths;
+  }
+  // The row of each content into out, referenced once more; contents given a row now into fresh.
+  void acquire_into(const Contents2D& contents, const std::vector<size_t>& lengths, int64_t* out,
+                    std::vector<int64_t>& fresh) {
+    const py::ssize_t width = contents.shape(1);
+    const std::vector<uint64_t> hashes = hash_and_prefetch(contents, lengths);
+    for (size_t r = 0; r < lengths.size(); ++r) {
+      const int32_t* row = contents.data() + r * width;
+      const size_t length = lengths[r];
+      const uint64_t hash = hashes[r];
+      int64_t position = table_[locate(hash, row, length)].value;
+      if (position < 0) {
+        position = take();
+        std::copy(row, row + length, keys_.begin() + position * width_);
+        lengths_[position] = static_cast<int64_t>(length);
+        hashes_[position] = hash;
+        table_[locate(hash, row, length)] = HashSlot{hash, position};  // take() may rehash
+        fresh.push_back(static_cast<int64_t>(r));
+      } else if (references_[position]++ == 0) {
+        unlink(position);
+      }
+      out[r] = position;
+    }
+  }
   // The contents' hashes. Look-ups miss the cache (a big table, random contents): the loads of
   // each content's home slot, then of the row found there, are issued for all contents at once
   // rather than one miss after another.
@@ -1142,6 +1203,11 @@ Q hypertokens read in the scheduled ranges, W = longest content, padded with -1)
       .def("acquire", &RowIndex::acquire, py::arg("contents"),
            "contents [N, W] -> (rows [N], each referenced once more per occurrence; fresh [K], the first "
            "occurrence of each content given a row in this call, in order: the rows to encode).")
+      .def("acquire_step", &RowIndex::acquire_step, py::arg("entries"), py::arg("candidates"), py::arg("has_candidate"),
+           "One serving step's output rows: acquire(entries), then candidates [R, W] with has_candidate [R] looked up, "
+           "not stored. Returns (rows [K] int32, fresh_rows [F], to_encode [F + U, width] int64: the fresh rows' "
+           "contents then the U candidates not found, cached [Cc] requests whose candidate is found, cached_rows [Cc], "
+           "missing [U] requests whose candidate is encoded).")
       .def("reserve", &RowIndex::reserve, py::arg("count"), "count rows without content, referenced once each.")
       .def("release", &RowIndex::release, py::arg("rows"),
            "One reference less per row given (< 0 ignored); ValueError for an unreferenced row (nothing changes).")

@@ -114,21 +114,27 @@ class RowTable:
         self.input_rows = torch.zeros(capacity, hidden_size, device=device, dtype=dtype)
         self.input_ready = np.zeros(capacity, dtype=bool)
 
-    def acquire(self, contents: np.ndarray, uncached: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Rows [N] of ``contents`` ([N, W] base ids, -1 padded), one reference each, encoding
-        the output rows of contents not in the table, and in the same encoder call the output
-        rows of ``uncached`` [K, W], returned [K, H], not stored."""
-        rows, fresh = self.index.acquire(contents)
+    def acquire_step(
+        self, entries: np.ndarray, candidates: np.ndarray, has_candidate: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """The rows of a step's new ``entries`` ([K, W] base ids, -1 padded; one reference
+        each, output rows encoded for contents the table lacked) and its KwKwK ``candidates``
+        ([R, W] where ``has_candidate`` [R]): looked up, not stored. Returns (entry rows [K]
+        int32, requests whose candidate the table holds, their rows, requests whose candidate it
+        does not, those candidates' output rows [U, H], encoded in the same encoder call as the
+        new entries). Rows returned are valid until the next acquire_step or reserve."""
+        rows, fresh_rows, to_encode, cached, cached_rows, missing = self.index.acquire_step(
+            entries, candidates, has_candidate
+        )
         self._fit()
         device = self.output_rows.device
         encoded = self.output_rows[:0]
-        if len(fresh) or len(uncached):
-            new = np.concatenate([contents[fresh], uncached]) if len(uncached) else contents[fresh]
-            encoded = _encode(self.encode_outputs, new, device).to(self.output_rows.dtype)
-        if len(fresh):
-            self.output_rows.index_copy_(0, _on(device, rows[fresh]), encoded[: len(fresh)])
-            self.input_ready[rows[fresh]] = False
-        return rows, encoded[len(fresh) :]
+        if len(to_encode):
+            encoded = self.encode_outputs(_on(device, to_encode)).to(self.output_rows.dtype)
+        if len(fresh_rows):
+            self.output_rows.index_copy_(0, _on(device, fresh_rows), encoded[: len(fresh_rows)])
+            self.input_ready[fresh_rows] = False
+        return rows, cached, cached_rows, missing, encoded[len(fresh_rows) :]
 
     def reserve(self, count: int) -> np.ndarray:
         """``count`` rows without content, one reference each (rows the device writes)."""
@@ -507,23 +513,19 @@ class HyperSlots:
         candidate rows: copied from the table where it holds their content, else encoded (in
         the same encoder call as the new entries) and not stored: a request's candidate changes
         at every step, and storing each would push cached entries out of the table."""
-        with_candidate = np.flatnonzero(step.has_candidate)
-        candidates = step.candidate[with_candidate]
-        found = self.table.index.find(candidates)
-        cached, missing = np.flatnonzero(found >= 0), np.flatnonzero(found < 0)
-        if len(cached):  # copied before acquire, which may reuse an unreferenced row
-            rows = self.table.output_rows.index_select(0, _on(device, found[cached]))
-            self.candidate_rows.index_copy_(0, _on(device, slots[with_candidate[cached]]), rows)
-        encoded = None
-        if len(step.created_slot):
-            rows, encoded = self.table.acquire(step.created_content, uncached=candidates[missing])
-            entry_rows = rows.astype(np.int32)
-            self._index_host[step.created_slot, step.created_index] = entry_rows
-            self._write_index(step.created_slot, step.created_index, entry_rows)
-        elif len(missing):
-            encoded = _encode(self.encode_outputs, candidates[missing], device).to(self.candidate_rows.dtype)
+        if not len(step.created_slot) and not step.has_candidate.any():
+            return
+        rows, cached, cached_rows, missing, encoded = self.table.acquire_step(
+            step.created_content, step.candidate, step.has_candidate
+        )
+        if len(rows):
+            self._index_host[step.created_slot, step.created_index] = rows
+            self._write_index(step.created_slot, step.created_index, rows)
+        if len(cached):
+            table_rows = self.table.output_rows.index_select(0, _on(device, cached_rows))
+            self.candidate_rows.index_copy_(0, _on(device, slots[cached]), table_rows)
         if len(missing):
-            self.candidate_rows.index_copy_(0, _on(device, slots[with_candidate[missing]]), encoded)
+            self.candidate_rows.index_copy_(0, _on(device, slots[missing]), encoded)
 
     def _encode_inputs(self, step: StepAdvance) -> None:
         """Input rows of the hypertokens read whose rows hold none yet."""
