@@ -651,7 +651,8 @@ class RowIndex {
       const std::vector<uint64_t> hashes = hash_and_prefetch(candidates, candidate_lengths);
       for (py::ssize_t r = 0; r < requests; ++r) {
         if (!has_candidate.data()[r]) continue;
-        const int64_t row = table_[locate(hashes[r], candidates.data() + r * candidate_width, candidate_lengths[r])].value;
+        const int32_t* candidate = candidates.data() + r * candidate_width;
+        const int64_t row = table_[locate(hashes[r], candidate, candidate_lengths[r])].value;
         if (row >= 0) {
           cached.push_back(r);
           cached_rows.push_back(row);
@@ -662,7 +663,8 @@ class RowIndex {
       }
       for (int64_t f : fresh) longest = std::max(longest, lengths[f]);
     }
-    py::array_t<int64_t> to_encode({static_cast<py::ssize_t>(fresh.size() + missing.size()), static_cast<py::ssize_t>(longest)});
+    const auto encoded = static_cast<py::ssize_t>(fresh.size() + missing.size());
+    py::array_t<int64_t> to_encode({encoded, static_cast<py::ssize_t>(longest)});
     int64_t* out = to_encode.mutable_data();
     std::fill(out, out + to_encode.size(), -1);
     std::vector<int64_t> fresh_rows;

@@ -112,6 +112,24 @@ def test_row_index_reuses_unreferenced_rows_least_recently_released_first():
     assert index.acquire(contents((3,), (6,)))[0].tolist()[0] == 2  # contents found after growth
 
 
+def test_row_index_step_acquires_entries_and_looks_candidates_up():
+    index = RowIndex(8, 3)
+    index.acquire(contents((5, 6)))  # row 0, held elsewhere
+    entries = contents((1, 2), (5, 6), (1, 2, 3))
+    candidates = contents((1, 2, 3), (9,), (5, 6), (7, 7))
+    rows, fresh_rows, to_encode, cached, cached_rows, missing = index.acquire_step(
+        entries, candidates, np.array([True, True, True, False])
+    )
+    assert rows.dtype == np.int32 and rows.tolist() == [1, 0, 2] and fresh_rows.tolist() == [1, 2]
+    assert cached.tolist() == [0, 2] and cached_rows.tolist() == [2, 0]  # one a new entry's row
+    assert missing.tolist() == [1]  # request 3 has no candidate
+    assert to_encode.tolist() == [[1, 2, -1], [1, 2, 3], [9, -1, -1]]  # fresh rows, then missing
+    assert index.find(contents((9,))).tolist() == [-1]  # candidates are not stored
+    assert index.references(np.array([0, 1, 2])).tolist() == [2, 1, 1]
+    with pytest.raises(ValueError, match="one flag per candidate row"):
+        index.acquire_step(entries, candidates, np.array([True]))
+
+
 def test_row_index_refuses_what_would_corrupt_it():
     index = RowIndex(2, 2)
     index.acquire(contents((1,)))

@@ -93,7 +93,8 @@ def _encode(encode: Encoder, contents: np.ndarray, device: torch.device) -> torc
 
 class RowTable:
     """Hyper output and input rows ``[R, H]`` by entry content, shared by every request: a row
-    depends only on the entry's base ids, and common entries recur across requests and steps. Slots name rows through their index and hold one reference per entry
+    depends only on the entry's base ids, and common entries recur across requests and steps.
+    Slots name rows through their index and hold one reference per entry
     (:class:`z2z_vllm.codec.RowIndex` keeps contents and counts natively). A row nobody
     references stays cached by content, reused least recently released first; when every row is
     referenced the table doubles. Input rows are encoded on first read as input (a ready flag per
