@@ -79,6 +79,21 @@ def _device_codebooks_setting() -> bool | None:
     return None if value is None else value == "1"
 
 
+HYPER_ROWS_ENV = "Z2Z_HYPER_ROWS"
+
+
+def initial_hyper_rows() -> int | None:
+    """``Z2Z_HYPER_ROWS=N`` allocates the shared hyper row table for N rows at model load (unset:
+    ``HyperSlots``' default, a quarter of max_num_seqs x C). On a GPU, allocating the expected peak
+    up front keeps the table's growth out of the memory vLLM gives the KV cache."""
+    value = os.environ.get(HYPER_ROWS_ENV)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{HYPER_ROWS_ENV} must be a positive number of rows, got {value!r}")
+    return int(value)
+
+
 # kMaxSubtokens in kernels/codebook_update.cuh: the CUDA update kernel keeps an entry in registers.
 CUDA_KERNEL_MAX_SUBTOKENS = 16
 
@@ -148,6 +163,7 @@ class Zip2ZipModelMixin:
             device=None,  # the loader's target device is the default device here
             dtype=vllm_config.model_config.dtype,
             device_codebooks=_device_codebooks_setting(),
+            initial_rows=initial_hyper_rows(),
         )
         slots = self.hyper_slots
         backend = resolve("auto", slots.num_known.device, has_cuda_kernel=True) if slots.device_codebooks else None
