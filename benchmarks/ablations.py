@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model, load_average
+from machine import cpu_model, load_average, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "smollm2_z2z_kd.yaml"
@@ -164,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     conditions.update(load_average_at_end=load_average(), seconds=round(time.perf_counter() - started, 1))
     print("\n" + format_table(rows))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, {"conditions": conditions, "rows": rows})
     return 0
 
 

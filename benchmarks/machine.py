@@ -7,11 +7,12 @@ folder on ``sys.path``).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model", "load_average", "package_version"]
+__all__ = ["cpu_model", "load_average", "package_version", "write_report"]
 
 
 def cpu_model() -> str:
@@ -34,3 +35,10 @@ def package_version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Writes a benchmark's conditions and rows as JSON (``--json PATH``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -39,7 +39,7 @@ import torch
 from z2z_vllm.codec import LZWCodec
 from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
 
-from machine import cpu_model, load_average, package_version
+from machine import cpu_model, load_average, package_version, write_report
 
 V, C, M = 49_152, 1_024, 4
 HIDDEN = 8  # small H keeps the tables small; writes are not the cost
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {conditions['load_average_at_end']}, {conditions['seconds']} s")
     print_table(rows)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_report(args.json, {"conditions": conditions, "rows": rows})
     return 0
 
 
