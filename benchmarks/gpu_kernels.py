@@ -335,7 +335,8 @@ def bench_logits(sizes: Sizes, device: str, dtype: torch.dtype, tolerance: float
     has_candidate = torch.rand(S, device=device, generator=g) < 0.5
     row_slots = torch.randperm(S, device=device, generator=g)[:N].int()
     logits = torch.randn(N, V + C, device=device, generator=g).to(dtype)
-    args = (hidden, rows, index, row_slots, num_entries, candidate_rows, has_candidate)
+    of_row = row_slots.long()  # the kernel reads mask state per logits row
+    args = (hidden, rows, index, row_slots, num_entries[of_row], candidate_rows[of_row], has_candidate[of_row])
 
     base = logits[:, :V].clone()
     logits[:, V:] = float("nan")  # poison: every hyper column must be written

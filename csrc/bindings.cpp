@@ -395,38 +395,44 @@ py::object attribute(PyObject* object, PyObject* name) {
   return py::reinterpret_steal<py::object>(value);
 }
 
-// A request's token list: its prompt, then its outputs (any sequences of ints).
+// A request's token list: its prompt, its outputs, then the draft ids scheduled with it
+// (speculative decoding; an optional attribute `drafts`). Any sequences of ints.
 class TokenList {
  public:
   explicit TokenList(PyObject* request) {
     static PyObject* const prompt_name = interned("prompt");
     static PyObject* const outputs_name = interned("outputs");
-    prompt_ = fast_sequence(attribute(request, prompt_name));
-    outputs_ = fast_sequence(attribute(request, outputs_name));
-    prompt_size_ = PySequence_Fast_GET_SIZE(prompt_.ptr());
-    size_ = prompt_size_ + PySequence_Fast_GET_SIZE(outputs_.ptr());
+    static PyObject* const drafts_name = interned("drafts");
+    parts_[0] = fast_sequence(attribute(request, prompt_name));
+    parts_[1] = fast_sequence(attribute(request, outputs_name));
+    parts_[2] = PyObject_HasAttr(request, drafts_name) ? fast_sequence(attribute(request, drafts_name))
+                                                       : fast_sequence(py::tuple());
+    for (int i = 0; i < 3; ++i) ends_[i] = (i ? ends_[i - 1] : 0) + PySequence_Fast_GET_SIZE(parts_[i].ptr());
   }
+  // Positions before this one are verified (prompt and outputs); drafts follow.
+  int64_t verified_size() const { return ends_[1]; }
+  int64_t num_drafts() const { return ends_[2] - ends_[1]; }
   // Appends positions [begin, end) to out, clipped to the list's length.
   void read(int64_t begin, int64_t end, std::vector<Id>& out) const {
-    end = std::min<int64_t>(end, size_);
+    end = std::min<int64_t>(end, ends_[2]);
     for (int64_t p = std::max<int64_t>(begin, 0); p < end; ++p) out.push_back(at(p));
   }
   // The id at `position`, or -1 past the end.
-  Id at_or_missing(int64_t position) const { return position >= 0 && position < size_ ? at(position) : -1; }
+  Id at_or_missing(int64_t position) const { return position >= 0 && position < ends_[2] ? at(position) : -1; }
 
  private:
   static py::object fast_sequence(const py::object& ids) {
-    PyObject* seq = PySequence_Fast(ids.ptr(), "a request's prompt and outputs must be sequences of ids");
+    PyObject* seq = PySequence_Fast(ids.ptr(), "a request's prompt, outputs and drafts must be sequences of ids");
     if (!seq) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(seq);
   }
   Id at(int64_t p) const {
-    PyObject* item = p < prompt_size_ ? PySequence_Fast_GET_ITEM(prompt_.ptr(), p)
-                                      : PySequence_Fast_GET_ITEM(outputs_.ptr(), p - prompt_size_);
-    return item_to_id(item, static_cast<size_t>(p));
+    const int part = p < ends_[0] ? 0 : p < ends_[1] ? 1 : 2;
+    const int64_t start = part ? ends_[part - 1] : 0;
+    return item_to_id(PySequence_Fast_GET_ITEM(parts_[part].ptr(), p - start), static_cast<size_t>(p));
   }
-  py::object prompt_, outputs_;
-  int64_t prompt_size_ = 0, size_ = 0;
+  py::object parts_[3];
+  int64_t ends_[3] = {0, 0, 0};
 };
 
 int64_t int_attribute(PyObject* object, PyObject* name) {
@@ -445,15 +451,16 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
                           std::to_string(slots.size()) + " slots, " + std::to_string(host.size()) + " host flags");
   struct Work {
     z2z::Decoder* decoder = nullptr;
-    int64_t slot = 0, begin = 0, start = 0;
-    size_t fed_begin = 0, fed_end = 0;
+    int64_t slot = 0, begin = 0, end = 0, start = 0, verified = 0, drafts = 0;
+    size_t fed_begin = 0, fed_end = 0, first_row = 0;
     bool replay = false;
   };
   std::vector<Work> work(n);
   std::vector<std::unique_lock<std::mutex>> locks;  // released before the GIL is taken back
   std::vector<uint8_t> taken(decoders.size(), 0);
   std::vector<Id> fed;
-  std::vector<int64_t> first_token(n);
+  std::vector<int64_t> first_token(n), kept_entries(n, 0);
+  size_t num_rows = 0;
   for (size_t r = 0; r < n; ++r) {
     Work& w = work[r];
     w.slot = slots.data()[r];
@@ -465,8 +472,19 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
     static PyObject* const begin_name = interned("begin");
     static PyObject* const end_name = interned("end");
     w.begin = int_attribute(request, begin_name);
-    const int64_t end = int_attribute(request, end_name);
+    w.end = int_attribute(request, end_name);
+    const int64_t end = w.end;
     const TokenList tokens(request);
+    w.verified = tokens.verified_size();
+    w.drafts = tokens.num_drafts();
+    if (w.drafts && (end != w.verified + w.drafts || w.begin >= w.verified))
+      throw py::value_error("request " + std::to_string(r) + ": " + std::to_string(w.drafts) +
+                            " drafts follow position " + std::to_string(w.verified) +
+                            ", so its scheduled range must end at " + std::to_string(w.verified + w.drafts) +
+                            " and start before " + std::to_string(w.verified) + "; got " +
+                            std::to_string(w.begin) + " .. " + std::to_string(end));
+    w.first_row = num_rows;
+    num_rows += 1 + static_cast<size_t>(w.drafts);
     first_token[r] = tokens.at_or_missing(w.begin);
     if (!host.data()[r]) continue;
     Decoder& decoder = decoders[w.slot].cast<Decoder&>();
@@ -474,9 +492,11 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
       throw py::value_error("the decoder of slot " + std::to_string(w.slot) + " belongs to another codec");
     locks.push_back(decoder.lock());
     w.decoder = &decoder.state();
-    const int64_t position = static_cast<int64_t>(w.decoder->position());
-    w.replay = position > w.begin;  // it read past the range (recompute): replay from 0
-    w.start = w.replay ? 0 : position;
+    // Read past the range: back to before the drafts that were read (speculative decoding),
+    // or else replay from position 0 (recompute after preemption).
+    if (static_cast<int64_t>(w.decoder->position()) > w.begin) w.replay = !w.decoder->rewind_to(w.begin);
+    w.start = w.replay ? 0 : static_cast<int64_t>(w.decoder->position());
+    kept_entries[r] = w.replay ? 0 : w.decoder->num_entries();
     w.fed_begin = fed.size();
     tokens.read(w.start, end, fed);
     w.fed_end = fed.size();
@@ -492,8 +512,8 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
     std::string error;
   };
   const Id vocab = config.vocab_size;
-  std::vector<uint8_t> replayed(n, 0), has_candidate(n, 0);
-  std::vector<int64_t> num_entries(n, 0);
+  std::vector<uint8_t> replayed(n, 0), has_candidate(num_rows, 0);
+  std::vector<int64_t> num_entries(num_rows, 0);
   const size_t cores = std::max(1u, std::thread::hardware_concurrency());
   const size_t work_units = (8 * n + fed.size()) / 4096;  // a request costs about 8 ids' work
   std::vector<Chunk> chunks(std::clamp<size_t>(work_units, 1, cores));
@@ -505,15 +525,40 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
       for (size_t r = c * n / chunks.size(); r < (c + 1) * n / chunks.size(); ++r) {
         const Work& w = work[r];
         if (!w.decoder) {
-          chunk.candidates.add(nullptr, 0);
+          for (int64_t row = 0; row <= w.drafts; ++row) chunk.candidates.add(nullptr, 0);
           continue;
         }
         z2z::Decoder& decoder = *w.decoder;
         if (w.replay) decoder.reset();
         replayed[r] = w.replay;
         created.clear();
+        // Logits rows are the last 1 + drafts positions of the range: the ids before them are
+        // read at once, these one by one, each row getting the codebook as it stands after its
+        // position (a row whose position the decoder had read already gets it as it stands).
+        const int64_t rows = 1 + w.drafts, fed_size = static_cast<int64_t>(w.fed_end - w.fed_begin);
+        const int64_t rows_at = std::max<int64_t>(w.end - rows, w.start);
+        size_t read_end = w.fed_begin + static_cast<size_t>(std::min(rows_at - w.start, fed_size));
+        bool draft_refused = false;
         try {
-          decoder.feed(fed.data() + w.fed_begin, w.fed_end - w.fed_begin, nullptr, &created);
+          decoder.feed(fed.data() + w.fed_begin, read_end - w.fed_begin, nullptr, &created);
+          for (int64_t position = w.end - rows, row = w.first_row; position < w.end; ++position, ++row) {
+            if (w.drafts && static_cast<int64_t>(decoder.position()) == w.verified) decoder.set_rewind_point();
+            const bool readable = position == static_cast<int64_t>(decoder.position()) && position - w.start < fed_size;
+            if (readable && !draft_refused) {
+              try {
+                decoder.feed(&fed[read_end], 1, nullptr, &created);
+                ++read_end;
+              } catch (const z2z::InvalidIds&) {
+                // A draft that cannot come next: its logit is -inf, so it is rejected, and the
+                // rows after it (the codebook as it stands) are never used.
+                if (position < w.verified) throw;
+                draft_refused = true;
+              }
+            }
+            num_entries[row] = decoder.num_entries();
+            has_candidate[row] = decoder.candidate(candidate);
+            chunk.candidates.add(candidate.data(), has_candidate[row] ? candidate.size() : 0);
+          }
         } catch (const z2z::InvalidIds& e) {
           chunk.error = e.what();
           chunk.failed = r;
@@ -524,10 +569,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
           chunk.created_index.push_back(id - vocab);
           chunk.created_contents.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
         }
-        num_entries[r] = decoder.num_entries();
-        has_candidate[r] = decoder.candidate(candidate);
-        chunk.candidates.add(candidate.data(), has_candidate[r] ? candidate.size() : 0);
-        for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < w.fed_end; ++i) {
+        for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < read_end; ++i) {
           if (fed[i] < vocab) continue;
           chunk.read_slot.push_back(w.slot);
           chunk.read_index.push_back(fed[i] - vocab);
@@ -554,6 +596,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   py::dict result;
   result["first_token"] = to_array(first_token);
   result["replayed"] = to_array<uint8_t, bool>(replayed);
+  result["kept_entries"] = to_array(kept_entries);
   result["num_entries"] = to_array(num_entries);
   result["created_slot"] = to_array(joined.created_slot);
   result["created_index"] = to_array(joined.created_index);
@@ -1164,19 +1207,27 @@ W = longest entry, at most M):
            R"doc(One serving step: advances each request's decoder to the end of its scheduled range.
 
 ``decoders``: this codec's LZWDecoders by slot; ``slots`` [R]: each request's slot (distinct);
-``requests``: objects with ``prompt`` and ``outputs`` (sequences of ids: the token list is the
-prompt, then the outputs) and ``begin`` / ``end`` (the positions scheduled); ``host`` [R]: bool,
-whether to advance the request's decoder (False: only its first scheduled id is read).
+``requests``: objects with ``prompt``, ``outputs`` and optionally ``drafts`` (sequences of ids:
+the token list is the prompt, the outputs, then the draft ids of speculative decoding) and
+``begin`` / ``end`` (the positions scheduled; with drafts, ``end`` is the end of the list);
+``host`` [R]: bool, whether to advance the request's decoder (False: only its first scheduled id
+is read).
 
-A decoder that has read past ``begin`` is reset and replays from position 0; otherwise it reads
-from its position to ``end``. Raises ValueError naming the first request with invalid ids (its
-decoder is unchanged; other requests' decoders may have advanced). Many requests run on
-several threads. Returns a dict of numpy arrays (R requests, K entries created,
-Q hypertokens read in the scheduled ranges, W = longest content, padded with -1):
-``first_token`` [R] (-1: none), ``replayed`` [R], ``num_entries`` [R], ``created_slot`` /
-``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [R] and ``candidate``
-[R, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slot`` / ``read_index`` [Q] and
-``read_content`` [Q, W]. Values of requests not advanced on the host are 0 / False / -1.
+Each request has 1 + len(drafts) logits rows, its last positions (N rows in all, in request
+order); each row reports the codebook as it stands after its position. A decoder that has read
+past ``begin`` returns to its state before the drafts it read, if it read them at or before
+``begin``, or else is reset and replays from position 0; it then reads from its position to
+``end``. A draft id that cannot come next (an undefined hypertoken) stops the reading there: the
+model gives it probability 0, so it is rejected. Raises ValueError naming the first request with
+invalid verified ids (its decoder may have rewound; other requests' decoders may have advanced).
+Many requests run on several threads. Returns a dict of numpy arrays (K entries created, Q
+hypertokens read in the scheduled ranges, W = longest content, padded with -1):
+``first_token`` [R] (-1: none), ``replayed`` [R], ``kept_entries`` [R] (entries kept before
+reading: all, those before the drafts, or 0 on a replay), ``num_entries`` [N],
+``created_slot`` / ``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [N]
+and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slot`` /
+``read_index`` [Q] and ``read_content`` [Q, W]. Values of requests not advanced on the host are
+0 / False / -1.
 )doc")
       .def("decoder",
            [](py::object self) {

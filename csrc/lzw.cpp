@@ -241,6 +241,23 @@ Id EntryTable::find_or_insert(uint64_t hash, const Id* content, size_t len, Id n
   return -1;
 }
 
+void EntryTable::erase(Id entry, uint64_t hash) {
+  const size_t mask = capacity_ - 1;
+  size_t hole = mix(hash) & mask;
+  while (slots_[hole].entry != entry) hole = (hole + 1) & mask;
+  // Moves back each later slot of the run that could not be found past the hole once it is empty.
+  for (size_t next = (hole + 1) & mask; slots_[next].entry >= 0; next = (next + 1) & mask) {
+    const size_t home = mix(slots_[next].hash) & mask;
+    const bool home_after_hole = hole <= next ? (hole < home && home <= next) : (hole < home || home <= next);
+    if (!home_after_hole) {
+      slots_[hole] = slots_[next];
+      hole = next;
+    }
+  }
+  slots_[hole] = Slot{0, -1};
+  --used_;
+}
+
 void EntryTable::grow() {
   const std::vector<Slot> old(slots_.begin(), slots_.begin() + capacity_);
   reset(capacity_ / 2 + 1);  // reset() sizes for 2 * entries + 1: twice the slots
@@ -272,6 +289,7 @@ void Decoder::restart(const Config& config, size_t expected_ids) {
   offsets_.reserve(entries + 1);
   known_at_.clear();
   known_at_.reserve(entries);
+  rewind_.set = false;
   buffer_.reserve(std::min<Id>(config.max_subtokens, 64));
 }
 
@@ -392,13 +410,27 @@ bool Decoder::candidate(std::vector<Id>& content) const {
 }
 
 void Decoder::truncate_entries(Id count) {
+  for (Id i = num_entries() - 1; i >= count; --i) table_.erase(i, hash_content(entry(i), entry(i) + entry_size(i)));
   tokens_.resize(offsets_[count]);
   offsets_.resize(count + 1);
   known_at_.resize(count);
-  table_.clear();
-  for (Id i = 0; i < count; ++i)
-    table_.find_or_insert(hash_content(entry(i), entry(i) + entry_size(i)), entry(i), entry_size(i),
-                          i, tokens_, offsets_);
+}
+
+void Decoder::set_rewind_point() {
+  rewind_.set = true;
+  rewind_.position = position_;
+  rewind_.num_entries = num_entries();
+  rewind_.buffer = buffer_;
+  rewind_.buffer_hash = buffer_hash_;
+}
+
+bool Decoder::rewind_to(size_t position) {
+  if (!rewind_.set || rewind_.position > position || rewind_.position > position_) return false;
+  position_ = rewind_.position;
+  buffer_ = rewind_.buffer;
+  buffer_hash_ = rewind_.buffer_hash;
+  if (num_entries() != rewind_.num_entries) truncate_entries(rewind_.num_entries);
+  return true;
 }
 
 void Decoder::feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created) {

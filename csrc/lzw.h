@@ -58,6 +58,9 @@ class EntryTable {
   // Index of the entry with this content, or -1.
   Id find(uint64_t hash, const Id* content, size_t len, const std::vector<Id>& tokens,
           const std::vector<uint32_t>& offsets) const;
+  // Removes entry `entry`, recorded under `hash` (linear probing's backward-shift deletion:
+  // every other entry stays findable).
+  void erase(Id entry, uint64_t hash);
 
  private:
   struct Slot {
@@ -103,6 +106,12 @@ class Decoder {
   // itself (LZW's KwKwK case): the buffer plus its first id. Writes that entry to `content` and
   // returns true when such an id would be valid now; returns false otherwise.
   bool candidate(std::vector<Id>& content) const;
+  // Speculative decoding reads draft ids that may be rejected: the state before the first
+  // draft is kept (set_rewind_point), and rewind_to(p) returns to it when the ids from
+  // position p on changed, provided it was taken at or before p and at or before the current
+  // position. Returns false (decoder unchanged) otherwise. reset() forgets the point.
+  void set_rewind_point();
+  bool rewind_to(size_t position);
 
  private:
   void step(Id id, std::vector<Id>* out, std::vector<Id>* created);
@@ -123,6 +132,13 @@ class Decoder {
   std::vector<uint32_t> offsets_{0};
   std::vector<int64_t> known_at_;
   EntryTable table_;
+  struct RewindPoint {
+    bool set = false;
+    size_t position = 0;
+    Id num_entries = 0;
+    std::vector<Id> buffer;
+    uint64_t buffer_hash = 0;
+  } rewind_;
 };
 
 }  // namespace z2z

@@ -27,6 +27,9 @@ def inputs(seed: int, dtype: torch.dtype, device: str, *, num_rows: int = 7):
     index[torch.arange(C) >= num_entries[:, None]] = -1
     # Rows of every slot, a slot read by two rows, padding rows (-1).
     row_slots = torch.tensor([0, 1, 2, 3, 4, -1, 2, 4, -1, 0][:num_rows], dtype=torch.int32)
+    # Mask state per logits row: its slot's (padding rows read slot 0's, ignored).
+    of_row = row_slots.long().clamp(min=0)
+    num_entries, candidate_rows, has_candidate = num_entries[of_row], candidate_rows[of_row], has_candidate[of_row]
     tensors = (hidden.to(dtype), rows.to(dtype), index, row_slots, num_entries, candidate_rows.to(dtype), has_candidate)
     return tuple(t.to(device) for t in tensors)
 

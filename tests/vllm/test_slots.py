@@ -200,7 +200,7 @@ def test_logits_rows_must_match_the_scheduled_requests(model):
     slots = make_slots(model)
     tokens = stream(model, seed=10)
     slots.begin_step([request("a", tokens, 0, len(tokens))])
-    with pytest.raises(RuntimeError, match="2 logits rows for 1 scheduled requests"):
+    with pytest.raises(RuntimeError, match="2 logits rows where the step scheduled 1"):
         slots.logits(torch.randn(2, H), torch.randn(2, V))
 
 
@@ -409,3 +409,90 @@ def test_invalid_ids_raise_and_the_step_replays_later(model, native_host):
     fresh.begin_step([request("a", tokens, 0, 30)])
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
+
+
+# -- speculative decoding: draft rows, rewinds -----------------------------------------------------
+
+
+def speculative_request(req_id: str, verified: list[int], drafts: list[int], *, prompt_len: int = 10) -> ScheduledRequest:
+    """A decode step with drafts: the last verified token and the drafts are scheduled."""
+    return ScheduledRequest(
+        req_id, verified[:prompt_len], verified[prompt_len:], len(verified) - 1, len(verified) + len(drafts),
+        tuple(drafts),
+    )  # fmt: skip
+
+
+def expected_rows(model, verified: list[int], drafts: list[int], hidden: torch.Tensor, base: torch.Tensor):
+    """Row j: the logits after the verified tokens and the first j drafts."""
+    return torch.stack([
+        expected_logits(model, verified + drafts[:j], hidden[j], base[j]) for j in range(len(drafts) + 1)
+    ])  # fmt: skip
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("native_host", [False, True])
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_draft_rows_see_the_entries_known_at_their_position(model, native_host, use_kernels):
+    """Each logits row of a request with drafts is masked by the entries defined after its own
+    position (entries the drafts create included, the KwKwK candidate of each position), and the
+    rows of other requests in the step are unchanged."""
+    slots = make_slots(model, native_host=native_host, use_kernels=use_kernels)
+    tokens, other = stream(model, seed=30, length=120), stream(model, seed=31)
+    verified, drafts = tokens[:30], tokens[30:35]
+    slots.begin_step([request("a", verified, 0, 29), request("b", other, 0, len(other))])
+    slots.begin_step([speculative_request("a", verified, drafts), request("b", other, len(other), len(other))])
+    hidden, base = torch.randn(7, H), torch.randn(7, V)
+    logits = slots.logits(hidden, base)
+    torch.testing.assert_close(logits[:6], expected_rows(model, verified, drafts, hidden[:6], base[:6]))
+    torch.testing.assert_close(logits[6], expected_logits(model, other, hidden[6], base[6]))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("native_host", [False, True])
+def test_rejected_drafts_leave_no_trace(model, native_host):
+    """Random drafts (a correct prefix, then other base ids) and random acceptance, step after
+    step: every row equals a fresh decoder's over the accepted tokens plus that row's drafts, the
+    decoder rewinds instead of replaying, and the rows the rejected drafts' entries took are
+    released (the references equal those of a run without drafts)."""
+    slots, plain = make_slots(model, native_host=native_host), make_slots(model)
+    advance, replays = slots.host.advance, []
+    slots.host.advance = lambda *args: replays.append((step := advance(*args)).replayed.any()) or step
+    tokens = stream(model, seed=32, length=400)
+    rng = np.random.default_rng(0)
+    position = 12
+    slots.begin_step([request("a", tokens[:position], 0, position - 1)])
+    while position + 6 < len(tokens):
+        k, correct = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+        drafts = tokens[position : position + min(k, correct)] + rng.integers(1, 7, max(k - correct, 0)).tolist()
+        verified = tokens[:position]
+        slots.begin_step([speculative_request("a", verified, drafts)])
+        hidden, base = torch.randn(k + 1, H), torch.randn(k + 1, V)
+        torch.testing.assert_close(slots.logits(hidden, base), expected_rows(model, verified, drafts, hidden, base))
+        matching = next((j for j, (d, t) in enumerate(zip(drafts, tokens[position:])) if d != t), len(drafts))
+        position += int(rng.integers(0, matching + 1)) + 1  # accepted drafts, then the bonus token
+    plain.begin_step([request("a", tokens[:position], 0, position - 1)])
+    slots.begin_step([request("a", tokens[:position], position - 1, position - 1)])
+    assert not any(replays)  # rewound to before the drafts every time, never replayed from 0
+    decoder = model.codec.decoder()
+    decoder.feed(tokens[: position - 1])
+    assert slots._num_known_host[0] == plain._num_known_host[0] == decoder.num_entries
+    for held in (slots, plain):  # one reference per entry held: none left by rejected drafts
+        all_rows = np.arange(held.table.index.capacity, dtype=np.int32)
+        assert held.table.index.references(all_rows).sum() == decoder.num_entries
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("native_host", [False, True])
+def test_a_draft_that_cannot_come_next_is_masked_not_raised(model, native_host):
+    slots = make_slots(model, native_host=native_host)
+    tokens = stream(model, seed=33)
+    verified = tokens[:20]
+    slots.begin_step([request("a", verified, 0, 19)])
+    drafts = [tokens[20], V + C - 1, tokens[21]]  # an undefined hypertoken, then anything
+    slots.begin_step([speculative_request("a", verified, drafts)])
+    hidden, base = torch.randn(4, H), torch.randn(4, V)
+    logits = slots.logits(hidden, base)
+    torch.testing.assert_close(logits[:2], expected_rows(model, verified, drafts[:1], hidden[:2], base[:2]))
+    assert logits[1, V + C - 1] == float("-inf")  # the draft gets probability 0: rejected
+    slots.begin_step([speculative_request("a", verified + drafts[:1], [])])  # one draft accepted
+    torch.testing.assert_close(slots.logits(hidden[:1], base[:1])[0], expected_logits(model, verified + drafts[:1], hidden[0], base[0]))

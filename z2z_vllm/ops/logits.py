@@ -2,11 +2,12 @@
 
 Hyper output rows live in one table ``rows`` [R, H] shared by all requests (one row per distinct
 entry content); ``index`` [S, C] names the row of each slot's entries. Row r of the step belongs
-to slot ``s = row_slots[r]`` whose ``n = num_entries[s]`` entries are defined. Its hyper columns
-``V + c`` are
+to slot ``s = row_slots[r]``, of which ``n = num_entries[r]`` entries are defined at that row's
+position (rows of one request differ under speculative decoding: drafts define entries). Its
+hyper columns ``V + c`` are
 
 - ``hidden[r] . rows[index[s, c]]`` for ``c < n``;
-- ``hidden[r] . candidate_rows[s]`` for ``c == n`` when ``has_candidate[s]`` (LZW's KwKwK id,
+- ``hidden[r] . candidate_rows[r]`` for ``c == n`` when ``has_candidate[r]`` (LZW's KwKwK id,
   which names the entry it creates);
 - ``-inf`` otherwise, and everywhere for a row whose slot is < 0 (padding, dummy runs).
 
@@ -43,9 +44,9 @@ def hyper_logits(
     """Writes the hyper columns ``logits[:, V:]`` in place and returns ``logits``.
 
     ``hidden`` [N, H]; ``rows`` [R, H] (the hyper output row table) and ``candidate_rows``
-    [S, H] in hidden's dtype; ``index`` [S, C] int32 (the row of each slot's entries, read for
-    defined entries only); ``row_slots`` [N] (any int, < 0: all -inf); ``num_entries`` [S]
-    (any int); ``has_candidate`` [S] (bool); ``logits`` [N, V + C] (any float dtype, last dim
+    [N, H] in hidden's dtype; ``index`` [S, C] int32 (the row of each slot's entries, read for
+    defined entries only); ``row_slots`` [N] (any int, < 0: all -inf); ``num_entries`` [N]
+    (any int); ``has_candidate`` [N] (bool); ``logits`` [N, V + C] (any float dtype, last dim
     contiguous). The kernel accumulates products in float32; the torch reference multiplies in
     hidden's dtype, as the plugin's CPU path does."""
     N, H = hidden.shape
@@ -82,11 +83,11 @@ def hyper_logits_reference(
     C = index.shape[1]
     active = row_slots >= 0
     slot = row_slots.long().clamp(min=0)
-    n = torch.where(active, num_entries[slot].long(), 0)
-    with_candidate = active & has_candidate[slot] & (n < C)
+    n = torch.where(active, num_entries.long(), 0)
+    with_candidate = active & has_candidate & (n < C)
     entry_rows = rows[index[slot].long().clamp(min=0)]  # [N, C, H]; undefined entries masked below
     scores = torch.bmm(entry_rows, hidden.unsqueeze(-1)).squeeze(-1)  # [N, C]
-    candidate = torch.bmm(candidate_rows[slot].unsqueeze(1), hidden.unsqueeze(-1)).view(-1, 1)
+    candidate = torch.bmm(candidate_rows.unsqueeze(1), hidden.unsqueeze(-1)).view(-1, 1)
     columns = torch.arange(C, device=hidden.device)
     hyper = torch.where(columns < n[:, None], scores, float("-inf"))
     hyper = torch.where(with_candidate[:, None] & (columns == n[:, None]), candidate, hyper)
@@ -106,8 +107,8 @@ def _hyper_logits_kernel(
     slot = tl.load(row_slots_ptr + r)
     active = slot >= 0
     slot = tl.maximum(slot, 0).to(tl.int64)
-    n = tl.where(active, tl.load(num_entries_ptr + slot), 0)
-    with_candidate = active & tl.load(has_candidate_ptr + slot) & (n < C)
+    n = tl.where(active, tl.load(num_entries_ptr + r), 0)
+    with_candidate = active & tl.load(has_candidate_ptr + r) & (n < C)
     end = n + with_candidate.to(n.dtype)  # columns < end get a score
 
     # Column n takes the candidate row (read once per program that holds it); columns past the
@@ -124,7 +125,7 @@ def _hyper_logits_kernel(
             x = tl.load(hidden_ptr + r * H + h, mask=in_h, other=0.0).to(tl.float32)
             w = tl.load(row_ptrs + h[None, :], mask=(c[:, None] < n) & in_h[None, :], other=0.0)
             acc += w.to(tl.float32) * x[None, :]
-            cand = tl.load(candidate_rows_ptr + slot * H + h, mask=both(in_h, holds_candidate), other=0.0)
+            cand = tl.load(candidate_rows_ptr + r * H + h, mask=both(in_h, holds_candidate), other=0.0)
             candidate_acc += cand.to(tl.float32) * x
     scores = tl.where(c == n, tl.sum(candidate_acc), tl.sum(acc, axis=1))
     out = tl.where(c < end, scores, float("-inf"))

@@ -67,19 +67,34 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # [N, W] base ids (-1 padded) 
 
 @dataclass(frozen=True)
 class ScheduledRequest:
-    """One request of a step: its tokens so far and the positions ``begin .. end-1`` it runs."""
+    """One request of a step: its tokens so far and the positions ``begin .. end-1`` it runs.
+
+    With speculative decoding, ``drafts`` are the draft ids scheduled after the outputs (the
+    range then ends with them); the step has a logits row for the last output and each draft."""
 
     req_id: str
     prompt: Sequence[int]
     outputs: Sequence[int]
     begin: int
     end: int
+    drafts: Sequence[int] = ()
+
+    @property
+    def num_logits_rows(self) -> int:
+        return 1 + len(self.drafts)
+
+    @property
+    def verified_size(self) -> int:
+        """Positions before this one hold the prompt and outputs; drafts follow."""
+        return len(self.prompt) + len(self.outputs)
 
     def tokens(self, start: int, stop: int) -> list[int]:
-        """Token list positions ``start .. stop-1`` (prompt, then outputs)."""
-        split = len(self.prompt)
-        head = list(self.prompt[start : min(stop, split)])
-        return head + list(self.outputs[max(start - split, 0) : max(stop - split, 0)])
+        """Token list positions ``start .. stop-1`` (prompt, outputs, then drafts)."""
+        parts, tokens, offset = (self.prompt, self.outputs, self.drafts), [], 0
+        for part in parts:
+            tokens += part[max(start - offset, 0) : max(stop - offset, 0)]
+            offset += len(part)
+        return tokens
 
 
 def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
@@ -178,20 +193,31 @@ class RowTable:
 class StepAdvance(NamedTuple):
     """What advancing the decoders of a step changed (arrays; see
     :meth:`z2z_vllm.codec.LZWCodec.advance_requests`, which returns them natively). R requests,
-    K entries created, Q hypertokens read in the scheduled ranges; contents [., W] -1 padded;
-    requests not advanced on the host have 0 / False / -1."""
+    N logits rows (1 + drafts per request, in request order), K entries created, Q hypertokens
+    read in the scheduled ranges; contents [., W] -1 padded; requests not advanced on the host
+    have 0 / False / -1."""
 
     first_token: np.ndarray  # [R] the id at each request's begin (-1: none)
     replayed: np.ndarray  # [R] bool: the decoder was reset and replayed from position 0
-    num_entries: np.ndarray  # [R]
+    kept_entries: np.ndarray  # [R] entries kept before reading (all; before the drafts; 0)
+    num_entries: np.ndarray  # [N] after each row's position
     created_slot: np.ndarray  # [K]
     created_index: np.ndarray  # [K]
     created_content: np.ndarray  # [K, W]
-    has_candidate: np.ndarray  # [R] bool
-    candidate: np.ndarray  # [R, W]: the KwKwK entry, all -1 where none
+    has_candidate: np.ndarray  # [N] bool
+    candidate: np.ndarray  # [N, W]: the KwKwK entry, all -1 where none
     read_slot: np.ndarray  # [Q]
     read_index: np.ndarray  # [Q]
     read_content: np.ndarray  # [Q, W]
+
+
+class DraftRows(NamedTuple):
+    """Mask state of a step's draft logits rows (speculative decoding), set by begin_step."""
+
+    rows: torch.Tensor  # [D] their positions among the step's logits rows
+    num_entries: torch.Tensor  # [D]
+    has_candidate: torch.Tensor  # [D]
+    candidate_rows: torch.Tensor  # [D, H]
 
 
 def _padded(contents: Sequence[Sequence[int]], width: int) -> np.ndarray:
@@ -217,47 +243,77 @@ class NativeHostPath:
 
 class PythonHostPath(NativeHostPath):
     """The same step with a Python loop per request, entry and token: the reference the native
-    path is tested and benchmarked against."""
+    path is tested and benchmarked against. Its rewind points are decoder copies."""
 
     def __init__(self, codec: LZWCodec, num_slots: int) -> None:
         super().__init__(codec, num_slots)
         self._entries: list[list[tuple[int, ...]]] = [[] for _ in range(num_slots)]  # base ids per entry
+        self._rewind_points: list = [None] * num_slots  # a copy of the decoder before its drafts
 
     def reset(self, slot: int) -> None:
         super().reset(slot)
         self._entries[slot] = []
+        self._rewind_points[slot] = None
+
+    def _rewind(self, slot: int, begin: int) -> bool:
+        point = self._rewind_points[slot]
+        if point is None or point.position > begin:
+            return False
+        self.decoders[slot] = point.copy()
+        del self._entries[slot][point.num_entries :]
+        return True
 
     def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
         V, R = self.codec.initial_vocab_size, len(requests)
         first_token = np.full(R, -1, dtype=np.int64)
-        replayed, has_candidate = np.zeros(R, dtype=bool), np.zeros(R, dtype=bool)
-        num_entries = np.zeros(R, dtype=np.int64)
+        replayed = np.zeros(R, dtype=bool)
+        kept = np.zeros(R, dtype=np.int64)
+        num_entries: list[int] = []
         created: list[tuple[int, int, tuple[int, ...]]] = []
         candidates: list[tuple[int, ...]] = []
         reads: list[tuple[int, int, tuple[int, ...]]] = []
         for r, (request, slot) in enumerate(zip(requests, slots.tolist())):
             scheduled = request.tokens(request.begin, request.end)
             first_token[r] = scheduled[0] if scheduled else -1
+            rows = request.num_logits_rows
             if not host[r]:
-                candidates.append(())
+                num_entries += [0] * rows
+                candidates += [()] * rows
                 continue
-            decoder, entries = self.decoders[slot], self._entries[slot]
-            if decoder.position > request.begin:
+            if self.decoders[slot].position > request.begin and not self._rewind(slot, request.begin):
                 self.reset(slot)
                 replayed[r] = True
-            for hyper_id, subtokens in decoder.feed(request.tokens(decoder.position, request.end)):
-                created.append((slot, hyper_id - V, subtokens))
-                entries.append(subtokens)
-            candidate = decoder.candidate
-            has_candidate[r] = candidate is not None
-            candidates.append(candidate[1] if candidate is not None else ())
-            num_entries[r] = len(entries)
-            reads.extend((slot, token - V, entries[token - V]) for token in scheduled if token >= V)
+            decoder, entries = self.decoders[slot], self._entries[slot]
+            kept[r] = len(entries)
+
+            def read(tokens: list[int]) -> None:
+                for hyper_id, subtokens in decoder.feed(tokens):
+                    created.append((slot, hyper_id - V, subtokens))
+                    entries.append(subtokens)
+
+            read(request.tokens(decoder.position, request.end - rows))
+            refused = False
+            for position in range(request.end - rows, request.end):
+                if request.drafts and position == request.verified_size:
+                    self._rewind_points[slot] = decoder.copy()
+                if not refused and position == decoder.position:
+                    try:
+                        read(request.tokens(position, position + 1))
+                    except ValueError:
+                        if position < request.verified_size:
+                            raise
+                        refused = True  # a draft that cannot come next: rejected by the model
+                candidate = decoder.candidate
+                num_entries.append(len(entries))
+                candidates.append(candidate[1] if candidate is not None else ())
+            read_tokens = request.tokens(request.begin, decoder.position)
+            reads.extend((slot, token - V, entries[token - V]) for token in read_tokens if token >= V)
         width = max([1] + [len(c) for _, _, c in created] + [len(c) for c in candidates] + [len(c) for _, _, c in reads])
         return StepAdvance(
-            first_token, replayed, num_entries,
+            first_token, replayed, kept, np.array(num_entries, dtype=np.int64),
             np.array([s for s, _, _ in created], dtype=np.int64), np.array([e for _, e, _ in created], dtype=np.int64),
-            _padded([c for _, _, c in created], width), has_candidate, _padded(candidates, width),
+            _padded([c for _, _, c in created], width), np.array([len(c) > 0 for c in candidates], dtype=bool),
+            _padded(candidates, width),
             np.array([s for s, _, _ in reads], dtype=np.int64), np.array([e for _, e, _ in reads], dtype=np.int64),
             _padded([c for _, _, c in reads], width),
         )  # fmt: skip
@@ -325,6 +381,11 @@ class HyperSlots:
         self._token_slots: torch.Tensor | None = None
         self._token_on_device: torch.Tensor | None = None  # [T] bool; None: no device step
         self._row_slots: torch.Tensor | None = None
+        # Speculative decoding: the slot of each logits row, and each draft row's mask state
+        # (rows before a request's last; the last row reads its slot's).
+        self._row_slots_host = np.zeros(0, dtype=np.int64)
+        self._draft_of_row: np.ndarray | None = None  # [N] draft number of each row, -1 for last rows
+        self._draft_rows: DraftRows | None = None
         self._columns_used = 0
 
     # -- slot bookkeeping ---------------------------------------------------------------------
@@ -422,19 +483,22 @@ class HyperSlots:
             for slot in slots.tolist():
                 self._reset(slot)
             raise
+        last_rows = self._lay_out_rows(requests, slots, len(step.num_entries))
         # Without device codebooks every request takes the host path: no masks to apply.
         all_host = not self.device_codebooks or bool(host.all())
         host_slots = slots if all_host else slots[host]
-        num_entries = step.num_entries if all_host else step.num_entries[host]
-        if self.device_codebooks or step.replayed.any():
-            # Replayed codebooks drop all their rows, caught-up ones the rows reserved for the
-            # device: the entries created below name their rows by content.
-            replayed = step.replayed if all_host else step.replayed[host]
-            self._drop_references(host_slots, np.where(replayed, 0, self._num_known_host[host_slots]))
+        num_entries = step.num_entries[last_rows]
+        has_candidate = step.has_candidate[last_rows]
+        if not all_host:
+            num_entries, has_candidate = num_entries[host], has_candidate[host]
+        # Replayed codebooks drop all their rows, rewound ones those of the drafts they read,
+        # caught-up ones the rows reserved for the device: the entries created below name their
+        # rows by content.
+        self._drop_references(host_slots, step.kept_entries if all_host else step.kept_entries[host])
         self._num_known_host[host_slots] = num_entries
-        self._has_candidate_host[host_slots] = step.has_candidate if all_host else step.has_candidate[host]
+        self._has_candidate_host[host_slots] = has_candidate
 
-        self._encode_outputs(step, slots, device)
+        self._encode_outputs(step, device)
         self._encode_inputs(step)
         self._token_on_device = None
         if self.device_codebooks:
@@ -448,11 +512,11 @@ class HyperSlots:
         self.has_candidate.copy_(torch.from_numpy(self._has_candidate_host))
         if all_host:
             # Columns any row of this step can use: defined entries plus one KwKwK candidate.
-            self._columns_used = min(int(num_entries.max(initial=0)) + 1, self.codebook_size)
+            self._columns_used = min(int(step.num_entries.max(initial=0)) + 1, self.codebook_size)
         else:
             self._advance_on_device(slots[~host], step.first_token[~host], device)
             self._columns_used = self.codebook_size  # the host does not know how far the device went
-        self._row_slots = _on(device, slots)
+        self._row_slots = _on(device, self._row_slots_host)
         if (counts == 1).all():  # decode steps: one token per request, in request order
             self._token_slots = self._row_slots
         else:
@@ -460,6 +524,22 @@ class HyperSlots:
             self._token_slots = _on(device, np.repeat(slots, counts))
         if not all_host:
             self._token_on_device = _on(device, np.repeat(~host, counts))
+
+    def _lay_out_rows(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, num_rows: int) -> np.ndarray:
+        """Records the slot of each of the step's ``num_rows`` logits rows (one per request, plus
+        one per draft) and which rows are drafts; returns each request's last row."""
+        if num_rows == len(requests):
+            self._row_slots_host, self._draft_of_row, self._draft_rows = slots, None, None
+            return np.arange(num_rows)
+        rows = np.array([request.num_logits_rows for request in requests], dtype=np.int64)
+        last_rows = np.cumsum(rows) - 1
+        self._row_slots_host = np.repeat(slots, rows)
+        is_draft = np.ones(num_rows, dtype=bool)
+        is_draft[last_rows] = False
+        self._draft_of_row = np.full(num_rows, -1, dtype=np.int64)
+        self._draft_of_row[is_draft] = np.arange(int(is_draft.sum()))
+        self._draft_rows = None  # set by _encode_outputs
+        return last_rows
 
     def _reserve_rows(self, slots: np.ndarray) -> None:
         """One fresh row for the next entry each of ``slots`` may create on the device, written
@@ -509,11 +589,20 @@ class HyperSlots:
         self.decode_input_rows[slots_on] = self.encode_inputs(update.expansion.long()).to(self.decode_input_rows.dtype)
         self._device_position[slots] += 1
 
-    def _encode_outputs(self, step: StepAdvance, slots: np.ndarray, device: torch.device) -> None:
+    def _encode_outputs(self, step: StepAdvance, device: torch.device) -> None:
         """Rows of the entries created (their slots keep one reference each), and the KwKwK
         candidate rows: copied from the table where it holds their content, else encoded (in
         the same encoder call as the new entries) and not stored: a request's candidate changes
-        at every step, and storing each would push cached entries out of the table."""
+        at every step, and storing each would push cached entries out of the table. A request's
+        last logits row takes its slot's candidate row; draft rows keep theirs for the step."""
+        if self._draft_of_row is not None:
+            is_draft = self._draft_of_row >= 0
+            self._draft_rows = DraftRows(
+                rows=_on(device, np.flatnonzero(is_draft)),
+                num_entries=_on(device, step.num_entries[is_draft]),
+                has_candidate=_on(device, step.has_candidate[is_draft]),
+                candidate_rows=self.candidate_rows.new_zeros(int(is_draft.sum()), self.candidate_rows.shape[1]),
+            )
         if not len(step.created_slot) and not step.has_candidate.any():
             return
         rows, cached, cached_rows, missing, encoded = self.table.acquire_step(
@@ -523,10 +612,23 @@ class HyperSlots:
             self._index_host[step.created_slot, step.created_index] = rows
             self._write_index(step.created_slot, step.created_index, rows)
         if len(cached):
-            table_rows = self.table.output_rows.index_select(0, _on(device, cached_rows))
-            self.candidate_rows.index_copy_(0, _on(device, slots[cached]), table_rows)
+            self._write_candidates(cached, self.table.output_rows.index_select(0, _on(device, cached_rows)))
         if len(missing):
-            self.candidate_rows.index_copy_(0, _on(device, slots[missing]), encoded)
+            self._write_candidates(missing, encoded)
+
+    def _write_candidates(self, logits_rows: np.ndarray, values: torch.Tensor) -> None:
+        device = values.device
+        if self._draft_of_row is None:  # one row per request
+            self.candidate_rows.index_copy_(0, _on(device, self._row_slots_host[logits_rows]), values)
+            return
+        drafts = self._draft_of_row[logits_rows]
+        last = drafts < 0
+        if last.any():
+            slots = self._row_slots_host[logits_rows[last]]
+            self.candidate_rows.index_copy_(0, _on(device, slots), values[_on(device, np.flatnonzero(last))])
+        if not last.all():
+            at = _on(device, np.flatnonzero(~last))
+            self._draft_rows.candidate_rows.index_copy_(0, _on(device, drafts[~last]), values[at])
 
     def _encode_inputs(self, step: StepAdvance) -> None:
         """Input rows of the hypertokens read whose rows hold none yet."""
@@ -552,7 +654,8 @@ class HyperSlots:
         # tokens first would need their count on the host (a sync per step on a GPU).
         n = min(len(token_slots), len(input_ids))
         slots = token_slots[:n]
-        table_rows = self.index[slots, (input_ids[:n] - V).clamp(min=0)].long().clamp(min=0)
+        # Ids past the codebook (only a draft could hold one: it is rejected) read column C - 1.
+        table_rows = self.index[slots, (input_ids[:n] - V).clamp(0, self.codebook_size - 1)].long().clamp(min=0)
         rows = self.table.input_rows[table_rows]
         if on_device is not None:
             rows = torch.where(on_device[:n, None], self.decode_input_rows[slots], rows)
@@ -560,7 +663,7 @@ class HyperSlots:
         return embeds
 
     def logits(self, hidden: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
-        """Logits [R, V + C] of the step's logits rows (one per request, in step order): base
+        """Logits [N, V + C] of the step's logits rows (one per request and draft, in step order): base
         logits, then ``hidden . row`` for defined entries and the KwKwK candidate, -inf
         elsewhere. Outside a step every hyper column is -inf.
 
@@ -570,30 +673,41 @@ class HyperSlots:
         num_rows, V, C = hidden.shape[0], self.vocab_size, self.codebook_size
         if row_slots is not None and len(row_slots) != num_rows:
             raise RuntimeError(
-                f"z2z: {num_rows} logits rows for {len(row_slots)} scheduled requests "
-                "(only one sampled position per request is supported)"
+                f"z2z: {num_rows} logits rows where the step scheduled {len(row_slots)} (one per request "
+                "and draft token: other sampled positions are not supported)"
             )
+        if row_slots is None:  # outside a step: every hyper column is -inf
+            row_slots = torch.full((num_rows,), -1, dtype=torch.long, device=hidden.device)
+        num_known, has_candidate, candidate_rows = self._row_mask_state(row_slots)
         if self.use_kernels:
             logits = base_logits.new_empty(num_rows, V + C)
             logits[:, :V] = base_logits[:, :V]
-            if row_slots is None:
-                row_slots = torch.full((num_rows,), -1, dtype=torch.long, device=hidden.device)
             return ops.hyper_logits(
-                hidden, self.table.output_rows, self.index, row_slots, self.num_known, self.candidate_rows,
-                self.has_candidate, logits,
+                hidden, self.table.output_rows, self.index, row_slots, num_known, candidate_rows, has_candidate,
+                logits,
             )  # fmt: skip
-        hyper = base_logits.new_full((num_rows, C), float("-inf"))
-        if row_slots is not None:
-            used = self._columns_used
-            table_rows = self.index[row_slots, :used].long().clamp(min=0)
-            rows = self.table.output_rows[table_rows].to(hidden.dtype)  # [R, used, H]
-            scores = torch.nn.functional.pad(torch.einsum("rh,rch->rc", hidden, rows), (0, C - used))
-            columns = torch.arange(C, device=hidden.device)
-            known = columns < self.num_known[row_slots].unsqueeze(1)
-            candidate_logit = (hidden * self.candidate_rows[row_slots].to(hidden.dtype)).sum(-1, keepdim=True)
-            is_candidate = self.has_candidate[row_slots].unsqueeze(1) & (
-                columns == self.num_known[row_slots].unsqueeze(1)
-            )
-            hyper = torch.where(known, scores, hyper)
-            hyper = torch.where(is_candidate, candidate_logit, hyper).to(base_logits.dtype)
+        active = row_slots >= 0
+        used = self._columns_used if active.any() else 0
+        table_rows = self.index[row_slots.clamp(min=0), :used].long().clamp(min=0)
+        rows = self.table.output_rows[table_rows].to(hidden.dtype)  # [R, used, H]
+        scores = torch.nn.functional.pad(torch.einsum("rh,rch->rc", hidden, rows), (0, C - used))
+        columns = torch.arange(C, device=hidden.device)
+        n = torch.where(active, num_known, 0).unsqueeze(1)
+        candidate_logit = (hidden * candidate_rows.to(hidden.dtype)).sum(-1, keepdim=True)
+        is_candidate = (active & has_candidate).unsqueeze(1) & (columns == n)
+        hyper = torch.where(columns < n, scores, float("-inf"))
+        hyper = torch.where(is_candidate, candidate_logit, hyper).to(base_logits.dtype)
         return torch.cat([base_logits[:, :V], hyper], dim=-1)
+
+    def _row_mask_state(self, row_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entries defined, KwKwK flag and candidate row of each logits row: its slot's, or for a
+        draft row, the codebook's after the draft's position (speculative decoding)."""
+        slots = row_slots.clamp(min=0)
+        num_known, has_candidate = self.num_known[slots], self.has_candidate[slots]
+        candidate_rows = self.candidate_rows[slots]
+        drafts, self._draft_rows = self._draft_rows, None
+        if drafts is not None:
+            num_known[drafts.rows] = drafts.num_entries
+            has_candidate[drafts.rows] = drafts.has_candidate
+            candidate_rows[drafts.rows] = drafts.candidate_rows
+        return num_known, has_candidate, candidate_rows
