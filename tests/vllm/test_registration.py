@@ -119,7 +119,6 @@ def test_an_explicit_request_for_the_v2_runner_is_refused_with_what_to_do(runner
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"speculative_config": object()}, "speculative decoding"),
         ({"lora_config": object()}, "LoRA adapters"),
         ({"model_config": SimpleNamespace(enable_prompt_embeds=True, enforce_eager=False)}, "prompt embeddings"),
     ],
@@ -127,6 +126,16 @@ def test_an_explicit_request_for_the_v2_runner_is_refused_with_what_to_do(runner
 def test_unsupported_engine_features_are_refused_by_name(changes, named):
     with pytest.raises(ValueError, match=f"z2z models do not support {named}"):
         Zip2ZipConfigChecks.verify_and_update_config(engine_config(**changes))
+
+
+@pytest.mark.parametrize("method", ["eagle", "mtp", "draft_model", "ngram_gpu"])
+def test_speculative_decoding_takes_ngram_drafts_only(method, runner_env):
+    with pytest.raises(ValueError, match=f"method 'ngram' .*got method={method!r}"):
+        Zip2ZipConfigChecks.verify_and_update_config(engine_config(speculative_config=SimpleNamespace(method=method)))
+    runner_env("0")
+    config = engine_config(speculative_config=SimpleNamespace(method="ngram"))
+    Zip2ZipConfigChecks.verify_and_update_config(config)
+    assert config.scheduler_config.async_scheduling is False  # the hook went through
 
 
 @pytest.mark.parametrize(("tensor", "pipeline"), [(8, 1), (1, 2), (4, 2)])

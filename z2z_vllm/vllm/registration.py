@@ -76,17 +76,13 @@ class Zip2ZipConfigChecks:
                 f"z2z models need tokenizer_mode={TOKENIZER_MODE!r} (or 'auto'), "
                 f"got {model_config.tokenizer_mode!r}"
             )
-        checks = "z2z_vllm.vllm.request_checks:Zip2ZipRequestChecks"
-        processors = list(model_config.logits_processors or ())
-        if checks not in processors:
-            model_config.logits_processors = [*processors, checks]
 
     @staticmethod
     def verify_and_update_config(vllm_config: VllmConfig) -> None:
         from z2z_vllm.vllm import patches
 
+        _ngram_drafts_only(vllm_config)
         unsupported = {
-            "speculative decoding": vllm_config.speculative_config is not None,
             "LoRA adapters (enable_lora)": vllm_config.lora_config is not None,
             "prompt embeddings (enable_prompt_embeds)": bool(vllm_config.model_config.enable_prompt_embeds),
         }
@@ -96,10 +92,27 @@ class Zip2ZipConfigChecks:
         # Tensor and pipeline parallelism work: z2z_vllm.vllm.model reads the sharded embedding
         # and lm_head rows it needs on each rank, on the pipeline stage that holds them.
         _refuse_eager_pipeline_on_cpu(vllm_config)
+        patches.guard_llvmlite_ffi(load=vllm_config.speculative_config is not None)
         _select_v1_model_runner(vllm_config)
         _turn_off_async_scheduling(vllm_config.scheduler_config)
         _piecewise_cuda_graphs_only(vllm_config.compilation_config)
         patches.apply()
+
+
+SPECULATIVE_METHODS = ("ngram",)
+
+
+def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
+    """Speculative decoding works with drafts made from the request's own token list (n-gram
+    matches): the codebook slots check each draft row against the entries known at its position
+    and rewind past rejected drafts. Draft models would have to read and write compressed ids."""
+    speculative = vllm_config.speculative_config
+    if speculative is not None and speculative.method not in SPECULATIVE_METHODS:
+        raise ValueError(
+            f"z2z models support speculative decoding with method {' or '.join(map(repr, SPECULATIVE_METHODS))} "
+            f"(drafts copied from the request's own tokens), got method={speculative.method!r}: a draft model "
+            "would have to read and emit the request's hypertokens"
+        )
 
 
 def _refuse_eager_pipeline_on_cpu(vllm_config: VllmConfig) -> None:

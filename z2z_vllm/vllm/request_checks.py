@@ -1,16 +1,18 @@
-"""Admission checks of single requests, run by vLLM's logits-processor validation hook.
+"""Admission checks of single requests: :func:`check_request` runs where vLLM validates a
+request's parameters (:mod:`z2z_vllm.vllm.patches` adds it to the validator the input processor
+builds for a z2z model); a refused request gets a ``ValueError`` (HTTP 400 on the server) before
+it reaches the engine.
 
-Registered for z2z models by :class:`z2z_vllm.vllm.registration.Zip2ZipConfigChecks`; a refused
-request gets a ``ValueError`` (HTTP 400 on the server) before it reaches the engine.
+Not a custom logits processor (vLLM's extension point with the same admission hook): vLLM
+refuses custom logits processors with speculative decoding, which z2z models support.
 """
 
 from __future__ import annotations
 
-import torch
+from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-__all__ = ["Zip2ZipRequestChecks", "unsupported_request_features"]
+__all__ = ["check_request", "unsupported_request_features"]
 
 
 def unsupported_request_features(params: SamplingParams) -> list[str]:
@@ -46,23 +48,9 @@ def unsupported_request_features(params: SamplingParams) -> list[str]:
     return [name for name, is_asked in asked.items() if is_asked]
 
 
-class Zip2ZipRequestChecks(LogitsProcessor):
-    """Rejects unsupported request options at admission; leaves logits unchanged."""
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        refused = unsupported_request_features(sampling_params)
-        if refused:
-            raise ValueError(f"z2z models do not support {', '.join(refused)} yet")
-
-    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        del vllm_config, device, is_pin_memory
-
-    def is_argmax_invariant(self) -> bool:
-        return True
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        del batch_update
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
+def check_request(params: SamplingParams) -> None:
+    """Raises vLLM's ValueError for bad requests (HTTP 400) naming the options of ``params`` z2z
+    models refuse."""
+    refused = unsupported_request_features(params)
+    if refused:
+        raise VLLMValidationError(f"z2z models do not support {', '.join(refused)} yet", parameter=refused[0])
