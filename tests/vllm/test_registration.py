@@ -128,14 +128,26 @@ def test_unsupported_engine_features_are_refused_by_name(changes, named):
         Zip2ZipConfigChecks.verify_and_update_config(engine_config(**changes))
 
 
-@pytest.mark.parametrize("method", ["eagle", "mtp", "draft_model", "ngram_gpu"])
-def test_speculative_decoding_takes_ngram_drafts_only(method, runner_env):
+@pytest.mark.parametrize("method", ["eagle", "mtp", "draft_model", "ngram_gpu", "custom_class"])
+def test_speculative_decoding_takes_ngram_drafts_only(method):
+    speculative = SimpleNamespace(method=method, model="my.Proposer")
     with pytest.raises(ValueError, match=f"method 'ngram' .*got method={method!r}"):
-        Zip2ZipConfigChecks.verify_and_update_config(engine_config(speculative_config=SimpleNamespace(method=method)))
+        Zip2ZipConfigChecks.verify_and_update_config(engine_config(speculative_config=speculative))
+
+
+@pytest.mark.parametrize("setting", [None, "base", "compressed"])
+def test_ngram_drafts_are_matched_over_base_tokens_unless_asked_otherwise(setting, runner_env, monkeypatch):
+    from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH
+
     runner_env("0")
-    config = engine_config(speculative_config=SimpleNamespace(method="ngram"))
+    if setting is not None:
+        monkeypatch.setenv(NGRAM_DRAFTS_ENV, setting)
+    config = engine_config(speculative_config=SimpleNamespace(method="ngram", model="ngram"))
     Zip2ZipConfigChecks.verify_and_update_config(config)
-    assert config.scheduler_config.async_scheduling is False  # the hook went through
+    chosen = (config.speculative_config.method, config.speculative_config.model)
+    assert chosen == (("ngram", "ngram") if setting == "compressed" else ("custom_class", PROPOSER_PATH))
+    Zip2ZipConfigChecks.verify_and_update_config(config)  # the hook may run again: our proposer is accepted
+    assert config.scheduler_config.async_scheduling is False
 
 
 @pytest.mark.parametrize(("tensor", "pipeline"), [(8, 1), (1, 2), (4, 2)])

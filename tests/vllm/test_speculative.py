@@ -1,6 +1,7 @@
-"""Speculative decoding (vLLM's n-gram drafts) on a tiny z2z model: the same greedy tokens as the
-HF reference without speculation, with prefix caching and under forced preemption, while drafts
-are proposed and accepted. Each test builds and shuts down its own engine (test_scheduling.py)."""
+"""Speculative decoding (n-gram drafts) on a tiny z2z model: the same greedy tokens as the HF
+reference without speculation, with prefix caching and under forced preemption, while drafts are
+proposed and accepted; drafts matched over base tokens (the default) and vLLM's own over
+compressed ids. Each test builds and shuts down its own engine (test_scheduling.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from tests.vllm.helpers import greedy, make_llm, reference_generation, shared_prefix_prompts
 
 vllm = pytest.importorskip("vllm")
+
+from vllm.exceptions import VLLMValidationError  # noqa: E402  (vLLM's error for bad requests, HTTP 400)
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
@@ -33,7 +36,11 @@ def test_ngram_drafts_give_the_same_greedy_tokens_with_prefix_caching(tiny_expor
         engine.llm_engine.engine_core.shutdown()
 
 
-def test_ngram_drafts_give_the_same_greedy_tokens_under_preemption(tiny_export, prompts, reference):
+@pytest.mark.parametrize("drafts", ["base", "compressed"])
+def test_ngram_drafts_give_the_same_greedy_tokens_under_preemption(tiny_export, prompts, reference, drafts, monkeypatch):
+    from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV
+
+    monkeypatch.setenv(NGRAM_DRAFTS_ENV, drafts)
     engine = make_llm(
         tiny_export, speculative_config=NGRAM, num_gpu_blocks_override=4, block_size=32, max_model_len=96,
         enable_prefix_caching=False, disable_log_stats=False,
@@ -53,7 +60,7 @@ def test_sampling_with_drafts_gives_valid_streams_and_options_stay_checked(tiny_
         outputs = engine.generate([vllm.TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         for prompt, output in zip(prompts, outputs):
             codec.decode(prompt + list(output.outputs[0].token_ids))  # raises on an undefined hypertoken
-        with pytest.raises(ValueError, match="z2z models do not support presence_penalty"):
+        with pytest.raises(VLLMValidationError, match="z2z models do not support presence_penalty"):
             engine.generate([vllm.TokensPrompt(prompt_token_ids=prompts[0])], vllm.SamplingParams(presence_penalty=0.5))
     finally:
         engine.llm_engine.engine_core.shutdown()

@@ -99,20 +99,27 @@ class Zip2ZipConfigChecks:
         patches.apply()
 
 
-SPECULATIVE_METHODS = ("ngram",)
-
-
 def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
     """Speculative decoding works with drafts made from the request's own token list (n-gram
     matches): the codebook slots check each draft row against the entries known at its position
-    and rewind past rejected drafts. Draft models would have to read and write compressed ids."""
+    and rewind past rejected drafts. Draft models would have to read and write compressed ids.
+    ``method="ngram"`` drafts from base-token matches (:mod:`z2z_vllm.vllm.drafts`, through vLLM's
+    ``custom_class`` proposers) unless ``Z2Z_NGRAM_DRAFTS=compressed`` keeps vLLM's own."""
+    from z2z_vllm.vllm.drafts import PROPOSER_PATH, ngram_drafts_setting
+
     speculative = vllm_config.speculative_config
-    if speculative is not None and speculative.method not in SPECULATIVE_METHODS:
+    if speculative is None:
+        return
+    ours = speculative.method == "custom_class" and speculative.model == PROPOSER_PATH
+    if speculative.method != "ngram" and not ours:
         raise ValueError(
-            f"z2z models support speculative decoding with method {' or '.join(map(repr, SPECULATIVE_METHODS))} "
-            f"(drafts copied from the request's own tokens), got method={speculative.method!r}: a draft model "
-            "would have to read and emit the request's hypertokens"
+            f"z2z models support speculative decoding with method 'ngram' (drafts copied from the request's "
+            f"own tokens), got method={speculative.method!r}: a draft model would have to read and emit the "
+            "request's hypertokens"
         )
+    if speculative.method == "ngram" and ngram_drafts_setting() == "base":
+        speculative.method, speculative.model = "custom_class", PROPOSER_PATH
+        logger.info("z2z: n-gram drafts matched over base tokens and re-encoded with each request's codebook (%s)", PROPOSER_PATH)
 
 
 def _refuse_eager_pipeline_on_cpu(vllm_config: VllmConfig) -> None:
