@@ -276,6 +276,16 @@ class Decoder {
     return result;
   }
 
+  py::list encode_continuation(py::handle base_ids, size_t max_ids) {
+    std::vector<Id> base;
+    read_ids(base_ids, base);
+    std::vector<Id> out;
+    locked([&] { decoder_.encode_continuation(base.data(), base.size(), max_ids, out); });
+    py::list result(out.size());
+    for (size_t i = 0; i < out.size(); ++i) result[i] = py::int_(out[i]);
+    return result;
+  }
+
   py::object decode(py::handle ids, bool as_numpy) {
     const std::vector<Id> input = read_one_or_many(ids);
     std::vector<Id> out;
@@ -1277,6 +1287,10 @@ and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slo
            "[(hypertoken id, base ids)].")
       .def("decode", &Decoder::decode, py::arg("ids"), py::kw_only(), py::arg("as_numpy") = false,
            "Reads ids like feed() and returns their base ids instead.")
+      .def("encode_continuation", &Decoder::encode_continuation, py::arg("base_ids"), py::kw_only(),
+           py::arg("max_ids"),
+           "The ids (at most max_ids) an LZW encoder going on from this decoder's state would emit for "
+           "base_ids: greedy longest runs through the codebook as it grows; the decoder is unchanged.")
       .def("reset", &Decoder::reset, "Back to position 0 with an empty codebook.")
       .def("copy", &Decoder::copy, "An independent decoder in the same state.")
       .def("__copy__", &Decoder::copy)

@@ -433,6 +433,43 @@ bool Decoder::rewind_to(size_t position) {
   return true;
 }
 
+void Decoder::encode_continuation(const Id* base, size_t n, size_t max_ids, std::vector<Id>& out) {
+  const Config& config = *config_;
+  const size_t max_len = static_cast<size_t>(config.max_subtokens);
+  const RewindPoint saved = rewind_;
+  set_rewind_point();
+  std::vector<Id> candidate_content;
+  for (size_t p = 0, emitted = 0; p < n && emitted < max_ids; ++emitted) {
+    Id id = base[p];
+    size_t length = 1;
+    if (id >= 0 && id < config.vocab_size && !config.disabled(id)) {
+      const bool has_candidate = candidate(candidate_content);
+      for (size_t l = 2; l <= max_len && p + l <= n; ++l) {
+        const Id found = table_.find(hash_content(base + p, base + p + l), base + p, l, tokens_, offsets_);
+        if (found >= 0) {
+          id = config.vocab_size + found;
+        } else if (has_candidate && candidate_content.size() == l &&
+                   std::equal(candidate_content.begin(), candidate_content.end(), base + p)) {
+          id = config.vocab_size + num_entries();
+        } else {
+          break;
+        }
+        length = l;
+      }
+    }
+    try {
+      step(id, nullptr, nullptr);
+    } catch (const InvalidIds&) {
+      break;  // an id outside the base vocabulary: nothing more to emit
+    }
+    ++position_;
+    out.push_back(id);
+    p += length;
+  }
+  rewind_to(rewind_.position);
+  rewind_ = saved;
+}
+
 void Decoder::feed(const Id* ids, size_t n, std::vector<Id>* out, std::vector<Id>* created) {
   if (n == 1) {  // step() checks an id before changing anything: one id needs no snapshot
     step(ids[0], out, created);

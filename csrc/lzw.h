@@ -112,6 +112,11 @@ class Decoder {
   // position. Returns false (decoder unchanged) otherwise. reset() forgets the point.
   void set_rewind_point();
   bool rewind_to(size_t position);
+  // Appends to `out` the ids an LZW encoder going on from here would emit for the base ids
+  // `base` (at most `max_ids` of them): at each step the longest run that extends, one base id
+  // at a time, through entries (or the KwKwK candidate), each read as it is emitted. The decoder
+  // is left as it was (its rewind point included).
+  void encode_continuation(const Id* base, size_t n, size_t max_ids, std::vector<Id>& out);
 
  private:
   void step(Id id, std::vector<Id>* out, std::vector<Id>* created);
