@@ -495,13 +495,17 @@ def creation_order(engines: Sequence[str]) -> list[str]:
     return sorted(engines, key=lambda name: ENGINES[name][1] is not None)
 
 
-def _speculative_counts(engine) -> tuple[int, int]:
-    """(accepted, drafted) speculative tokens so far, over every engine of this process."""
-    totals = {"vllm:spec_decode_num_accepted_tokens": 0, "vllm:spec_decode_num_draft_tokens": 0}
-    for metric in engine.get_metrics():
-        if metric.name in totals:
-            totals[metric.name] += metric.value
-    return totals["vllm:spec_decode_num_accepted_tokens"], totals["vllm:spec_decode_num_draft_tokens"]
+def _acceptance(outputs) -> float | None:
+    """Accepted / drafted speculative tokens over a run's requests (vLLM's per-request metrics:
+    its Prometheus counters follow only the engine created last in a process)."""
+    accepted = drafted = 0
+    for output in outputs:
+        metrics = output.outputs[0].spec_decode_metrics
+        if metrics is not None:
+            figures = metrics.to_dict()
+            accepted += figures["num_accepted_draft_tokens"]
+            drafted += figures["num_draft_tokens"]
+    return accepted / drafted if drafted else None
 
 
 def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict[str, list[str]], codecs,
@@ -514,7 +518,8 @@ def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict
             model=str(model_dirs[ENGINES[name][0]]), dtype=args.dtype, enforce_eager=True,
             max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, enable_prefix_caching=False,
             distributed_executor_backend="uni", seed=0, speculative_config=ENGINES[name][1],
-            disable_log_stats=False,  # request metrics (first / last token times), speculative counters
+            disable_log_stats=False,  # request metrics (first / last token times)
+            per_request_spec_decode_metrics="summary" if ENGINES[name][1] else "none",
         )  # fmt: skip
         for name in creation_order(knobs.engines)
     }
@@ -522,15 +527,10 @@ def bench_offline(args, knobs: Knobs, model_dirs: dict[str, Path], prompts: dict
 
     def run(name: str, domain: str, batch: list[str], sampling: str) -> Run:
         params = SamplingParams(max_tokens=knobs.max_tokens, ignore_eos=True, **SAMPLING[sampling])
-        speculative = ENGINES[name][1] is not None
-        before = _speculative_counts(engines[name]) if speculative else None
         start = time.perf_counter()
         outputs = engines[name].generate(batch, params, use_tqdm=False)
         wall = time.perf_counter() - start
-        acceptance = None
-        if speculative:
-            accepted, drafted = (now - then for now, then in zip(_speculative_counts(engines[name]), before))
-            acceptance = accepted / drafted if drafted else None
+        acceptance = _acceptance(outputs)
         refs = (references or {}).get(domain)
         return Run(wall, [
             RequestResult(

@@ -10,7 +10,7 @@ import pytest
 
 from z2z_vllm.codec import LZWCodec
 from z2z_vllm.vllm import drafts
-from z2z_vllm.vllm.drafts import BaseSpaceNgramProposer, propose_from_base
+from z2z_vllm.vllm.drafts import Zip2ZipNgramProposer, propose_from_base, propose_from_ids
 
 V, C, M = 20, 64, 4
 
@@ -44,6 +44,14 @@ def test_a_repeated_passage_is_drafted_as_its_canonical_ids(codec):
     assert got == canonical[cut : cut + 3]  # what a model reading canonical text would emit
 
 
+def test_compressed_matches_copy_the_ids_that_followed():
+    ids = np.array([5, 9, 30, 31, 7, 8, 5, 9, 30], dtype=np.int32)
+    assert propose_from_ids(ids, min_n=2, max_n=3, num_drafts=2) == [31, 7]  # after "5 9 30"
+    assert propose_from_ids(ids[:-1], min_n=3, max_n=3, num_drafts=2) == []  # "8 5 9" occurs once
+    misaligned = np.array([0x100, 0, 7, 1], dtype=np.int32)  # 1's bytes occur only straddling two ids
+    assert propose_from_ids(misaligned, min_n=1, max_n=1, num_drafts=1) == []
+
+
 def test_no_match_no_drafts(codec):
     decoder = codec.decoder()
     base = np.asarray(decoder.decode(codec.encode([1, 2, 3, 4, 5, 6])), dtype=np.int32)
@@ -58,7 +66,7 @@ def test_the_proposer_drafts_per_request_and_skips_what_sampled_nothing(codec):
         speculative_config=SimpleNamespace(num_speculative_tokens=3, prompt_lookup_min=2, prompt_lookup_max=5),
         model_config=SimpleNamespace(hf_config=SimpleNamespace(**{HF_CONFIG_KEY: z2z.to_dict()}), max_model_len=64),
     )
-    proposer = BaseSpaceNgramProposer(config)
+    proposer = Zip2ZipNgramProposer(config)
     text = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3]
     repeated = codec.encode(text)
     tokens = np.zeros((3, 64), dtype=np.int32)
@@ -73,5 +81,5 @@ def test_the_proposer_drafts_per_request_and_skips_what_sampled_nothing(codec):
 
 def test_the_setting_is_checked(monkeypatch):
     monkeypatch.setenv(drafts.NGRAM_DRAFTS_ENV, "ids")
-    with pytest.raises(ValueError, match="must be 'base' or 'compressed'"):
+    with pytest.raises(ValueError, match="must be one of ids\+base, base, compressed"):
         drafts.ngram_drafts_setting()

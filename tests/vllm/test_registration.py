@@ -135,7 +135,7 @@ def test_speculative_decoding_takes_ngram_drafts_only(method):
         Zip2ZipConfigChecks.verify_and_update_config(engine_config(speculative_config=speculative))
 
 
-@pytest.mark.parametrize("setting", [None, "base", "compressed"])
+@pytest.mark.parametrize("setting", [None, "ids+base", "base", "compressed"])
 def test_ngram_drafts_are_matched_over_base_tokens_unless_asked_otherwise(setting, runner_env, monkeypatch):
     from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH
 

@@ -1,21 +1,24 @@
-"""Draft tokens for speculative decoding with z2z models, matched in base-token space.
+"""Draft tokens for speculative decoding with z2z models: n-gram matches over compressed ids,
+then over base tokens.
 
 vLLM's n-gram proposer looks for the request's last few ids earlier in its token list and
-proposes the ids that followed. Over compressed ids that finds fewer repeats than the text holds:
-LZW writes a repeated passage with different, longer hypertokens each time it recurs.
-:class:`BaseSpaceNgramProposer` matches over the request's base tokens instead (its compressed
-ids expanded with its own codebook) and re-encodes the base tokens that followed the match the
-way the LZW encoder would go on from the request's codebook
-(:meth:`z2z_vllm.codec.LZWDecoder.encode_continuation`): a repeat is drafted as the hypertokens a
-model trained on canonical encodings would emit.
+proposes the ids that followed. Over compressed ids that finds the model's own repeats (a greedy
+loop is written with the same ids each time), but fewer repeats than the text holds: LZW writes
+a recurring passage with different, longer hypertokens each time. :class:`Zip2ZipNgramProposer`
+tries that first and, where it finds nothing, matches over the request's base tokens (its
+compressed ids expanded with its own codebook) and re-encodes the base tokens that followed the
+match the way the LZW encoder would go on from the request's codebook
+(:meth:`z2z_vllm.codec.LZWDecoder.encode_continuation`): a repeat of the text is drafted as the
+hypertokens a model trained on canonical encodings would emit.
 
 It is a vLLM proposer of the ``custom_class`` kind (vLLM's extension point for proposers); z2z
-models use it for ``{"method": "ngram", ...}`` (the config hook swaps it in, with
-``prompt_lookup_min`` / ``prompt_lookup_max`` counted in base tokens), unless
-``Z2Z_NGRAM_DRAFTS=compressed`` keeps vLLM's own n-gram proposer over compressed ids.
+models use it for ``{"method": "ngram", ...}`` (the config hook swaps it in; ``prompt_lookup_min``
+/ ``prompt_lookup_max`` bound both matches, in ids and in base tokens). ``Z2Z_NGRAM_DRAFTS``:
+``ids+base`` (default), ``base`` (base-token matches only) or ``compressed`` (vLLM's own n-gram
+proposer over compressed ids).
 
-Each step expands every request's token list anew (one native decode, about a microsecond per
-100 ids): no state follows requests between steps.
+Each step searches every request's token list anew (and expands it, one native decode, where the
+ids hold no match): no state follows requests between steps.
 """
 
 from __future__ import annotations
@@ -26,25 +29,28 @@ import numpy as np
 
 from z2z_vllm.modeling.config import HF_CONFIG_KEY, Zip2ZipConfig
 
-__all__ = ["BaseSpaceNgramProposer", "NGRAM_DRAFTS_ENV", "PROPOSER_PATH", "propose_from_base"]
+__all__ = [
+    "NGRAM_DRAFTS_ENV", "NGRAM_DRAFTS_SETTINGS", "PROPOSER_PATH", "Zip2ZipNgramProposer", "ngram_drafts_setting",
+    "propose_from_base", "propose_from_ids",
+]  # fmt: skip
 
 NGRAM_DRAFTS_ENV = "Z2Z_NGRAM_DRAFTS"
-PROPOSER_PATH = "z2z_vllm.vllm.drafts.BaseSpaceNgramProposer"
+NGRAM_DRAFTS_SETTINGS = ("ids+base", "base", "compressed")
+PROPOSER_PATH = "z2z_vllm.vllm.drafts.Zip2ZipNgramProposer"
 
 
 def ngram_drafts_setting() -> str:
-    """``Z2Z_NGRAM_DRAFTS``: ``base`` (default; :class:`BaseSpaceNgramProposer`) or
-    ``compressed`` (vLLM's n-gram proposer over compressed ids)."""
-    value = os.environ.get(NGRAM_DRAFTS_ENV, "base")
-    if value not in ("base", "compressed"):
-        raise ValueError(f"{NGRAM_DRAFTS_ENV} must be 'base' or 'compressed', got {value!r}")
+    """``Z2Z_NGRAM_DRAFTS`` (module docstring), checked; ``ids+base`` when unset."""
+    value = os.environ.get(NGRAM_DRAFTS_ENV, NGRAM_DRAFTS_SETTINGS[0])
+    if value not in NGRAM_DRAFTS_SETTINGS:
+        raise ValueError(f"{NGRAM_DRAFTS_ENV} must be one of {', '.join(NGRAM_DRAFTS_SETTINGS)}; got {value!r}")
     return value
 
 
-def _last_earlier_match(base: np.ndarray, n: int) -> int:
-    """End of the latest occurrence of ``base``'s last ``n`` ids that ends before the last
+def _last_earlier_match(ids: np.ndarray, n: int) -> int:
+    """End of the latest occurrence of ``ids``' last ``n`` (int32) that ends before the last
     position, or -1."""
-    hay = base.tobytes()
+    hay = ids.tobytes()
     needle = hay[-4 * n :]
     end = len(hay) - 4  # the occurrence must end before the last id (the suffix itself)
     while True:
@@ -56,19 +62,33 @@ def _last_earlier_match(base: np.ndarray, n: int) -> int:
         end = start + len(needle) - 1  # misaligned (inside an id): look further left
 
 
+def _longest_match_end(ids: np.ndarray, min_n: int, max_n: int) -> int:
+    """Where the longest suffix of ``max_n`` .. ``min_n`` ids last occurred earlier ends, or -1."""
+    for n in range(min(max_n, len(ids) - 1), min_n - 1, -1):
+        end = _last_earlier_match(ids, n)
+        if end >= 0:
+            return end
+    return -1
+
+
+def propose_from_ids(ids: np.ndarray, *, min_n: int, max_n: int, num_drafts: int) -> list[int]:
+    """vLLM's n-gram drafts over compressed ``ids`` (int32): the ids after the longest suffix
+    found earlier. They are valid ids now: entries are only ever added."""
+    end = _longest_match_end(ids, min_n, max_n)
+    return ids[end : end + num_drafts].tolist() if end >= 0 else []
+
+
 def propose_from_base(decoder, base: np.ndarray, *, min_n: int, max_n: int, num_drafts: int, max_subtokens: int) -> list[int]:
     """Drafts after ``base`` (int32 base ids read by ``decoder``, which holds the request's
-    codebook after them): the longest suffix of ``max_n`` .. ``min_n`` base ids found earlier,
-    and the base ids that followed it, encoded from the decoder's state (up to ``num_drafts``)."""
-    for n in range(min(max_n, len(base) - 1), min_n - 1, -1):
-        end = _last_earlier_match(base, n)
-        if end >= 0:
-            following = base[end : end + num_drafts * max_subtokens]
-            return decoder.encode_continuation(following, max_ids=num_drafts)
-    return []
+    codebook after them): the base ids after the longest suffix of ``max_n`` .. ``min_n`` base
+    ids found earlier, encoded from the decoder's state (up to ``num_drafts``)."""
+    end = _longest_match_end(base, min_n, max_n)
+    if end < 0:
+        return []
+    return decoder.encode_continuation(base[end : end + num_drafts * max_subtokens], max_ids=num_drafts)
 
 
-class BaseSpaceNgramProposer:
+class Zip2ZipNgramProposer:
     """vLLM ``custom_class`` proposer for z2z models (module docstring)."""
 
     def __init__(self, vllm_config) -> None:
@@ -83,6 +103,7 @@ class BaseSpaceNgramProposer:
         self.min_n = max(1, speculative.prompt_lookup_min or 2)
         self.max_n = max(self.min_n, speculative.prompt_lookup_max or 8)
         self.max_model_len = model_config.max_model_len
+        self.match_ids = ngram_drafts_setting() == "ids+base"
 
     def propose(self, sampled_token_ids: list[list[int]], num_tokens_no_spec: np.ndarray, token_ids_cpu: np.ndarray,
                 slot_mappings=None) -> list[list[int]]:  # fmt: skip
@@ -96,13 +117,15 @@ class BaseSpaceNgramProposer:
             if not sampled or room <= 0:
                 drafts.append([])
                 continue
-            decoder = self.codec.decoder()
-            base = decoder.decode(token_ids_cpu[index, :length], as_numpy=True).astype(np.int32, copy=False)
-            drafts.append(
-                propose_from_base(
+            ids = token_ids_cpu[index, :length].astype(np.int32, copy=False)
+            found = propose_from_ids(ids, min_n=self.min_n, max_n=self.max_n, num_drafts=room) if self.match_ids else []
+            if not found:
+                decoder = self.codec.decoder()
+                base = decoder.decode(ids, as_numpy=True).astype(np.int32, copy=False)
+                found = propose_from_base(
                     decoder, base, min_n=self.min_n, max_n=self.max_n, num_drafts=room, max_subtokens=self.max_subtokens
                 )
-            )
+            drafts.append(found)
         return drafts
 
     def load_model(self, *args, **kwargs) -> None:

@@ -103,9 +103,10 @@ def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
     """Speculative decoding works with drafts made from the request's own token list (n-gram
     matches): the codebook slots check each draft row against the entries known at its position
     and rewind past rejected drafts. Draft models would have to read and write compressed ids.
-    ``method="ngram"`` drafts from base-token matches (:mod:`z2z_vllm.vllm.drafts`, through vLLM's
-    ``custom_class`` proposers) unless ``Z2Z_NGRAM_DRAFTS=compressed`` keeps vLLM's own."""
-    from z2z_vllm.vllm.drafts import PROPOSER_PATH, ngram_drafts_setting
+    ``method="ngram"`` drafts from matches over compressed ids, then base tokens
+    (:mod:`z2z_vllm.vllm.drafts`, through vLLM's ``custom_class`` proposers) unless
+    ``Z2Z_NGRAM_DRAFTS=compressed`` keeps vLLM's own."""
+    from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH, ngram_drafts_setting
 
     speculative = vllm_config.speculative_config
     if speculative is None:
@@ -117,9 +118,10 @@ def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
             f"own tokens), got method={speculative.method!r}: a draft model would have to read and emit the "
             "request's hypertokens"
         )
-    if speculative.method == "ngram" and ngram_drafts_setting() == "base":
+    setting = ngram_drafts_setting()
+    if speculative.method == "ngram" and setting != "compressed":
         speculative.method, speculative.model = "custom_class", PROPOSER_PATH
-        logger.info("z2z: n-gram drafts matched over base tokens and re-encoded with each request's codebook (%s)", PROPOSER_PATH)
+        logger.info("z2z: n-gram drafts (%s=%s: %s)", NGRAM_DRAFTS_ENV, setting, PROPOSER_PATH)
 
 
 def _refuse_eager_pipeline_on_cpu(vllm_config: VllmConfig) -> None:

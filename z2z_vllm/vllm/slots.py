@@ -35,6 +35,15 @@ against). A request whose decoder has read past the start of its scheduled range
 with recompute, discarded tokens) is replayed from position 0: the codebook is a function of
 the token prefix, so replaying is always right.
 
+Speculative decoding: a request scheduled with draft ids (``ScheduledRequest.drafts``) has a
+logits row for its last verified token and one per draft; each row is masked by the entries
+known after its own position (those the drafts define included) and gets the KwKwK candidate of
+that position. Before reading the drafts the decoder keeps its state (a rewind point); at the
+next step, whose range starts after the accepted drafts, it returns to that point and reads the
+accepted ids from the token list, and the rows of entries only rejected drafts defined lose
+their references. A draft id that cannot come next is not read: its logit is -inf, so vLLM's
+rejection sampler rejects it.
+
 With ``device_codebooks`` (default on a GPU) decode steps skip the host: a copy of each
 decoder's state lives on the device (:class:`z2z_vllm.ops.CodebookState`), and a request that
 reads one token where that copy stands is advanced by the batched update kernel, with no host
