@@ -63,16 +63,24 @@ def test_hf_reference_over_the_built_folder_matches_the_expectation(built, expec
     assert got["output_ids"] == expectation["output_ids"]
 
 
-def test_vllm_serves_the_built_folder_like_the_reference(built, expectation):
+@pytest.mark.parametrize("speculative", [None, "ngram"])
+def test_vllm_serves_the_built_folder_like_the_reference(built, expectation, speculative):
+    """Also with n-gram speculative decoding: the same greedy tokens."""
     vllm = pytest.importorskip("vllm")
     from tests.vllm.helpers import make_llm
 
-    engine = make_llm(built / SHIPPED_MODEL, max_model_len=1024)
+    ngram = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+    engine = make_llm(
+        built / SHIPPED_MODEL, max_model_len=1024, speculative_config=ngram if speculative else None,
+        per_request_spec_decode_metrics="summary" if speculative else "none",
+    )  # fmt: skip
     try:
         params = vllm.SamplingParams(max_tokens=len(expectation["output_ids"]), temperature=0.0)
         (output,) = engine.generate([expectation["prompt"]], params, use_tqdm=False)
     finally:
         engine.llm_engine.engine_core.shutdown()
+    if speculative:
+        assert output.outputs[0].spec_decode_metrics.to_dict()["num_accepted_draft_tokens"] > 0
     assert list(output.prompt_token_ids) == expectation["prompt_ids"]
     assert list(output.outputs[0].token_ids) == expectation["output_ids"]
     assert output.outputs[0].text == expectation["output_text"]
