@@ -136,7 +136,7 @@ def test_speculative_decoding_takes_ngram_drafts_only(method):
 
 
 @pytest.mark.parametrize("setting", [None, "ids+base", "base", "compressed"])
-def test_ngram_drafts_are_matched_over_base_tokens_unless_asked_otherwise(setting, runner_env, monkeypatch):
+def test_ngram_drafts_are_vllms_unless_base_token_matches_are_asked_for(setting, runner_env, monkeypatch):
     from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH
 
     runner_env("0")
@@ -145,7 +145,7 @@ def test_ngram_drafts_are_matched_over_base_tokens_unless_asked_otherwise(settin
     config = engine_config(speculative_config=SimpleNamespace(method="ngram", model="ngram"))
     Zip2ZipConfigChecks.verify_and_update_config(config)
     chosen = (config.speculative_config.method, config.speculative_config.model)
-    assert chosen == (("ngram", "ngram") if setting == "compressed" else ("custom_class", PROPOSER_PATH))
+    assert chosen == (("ngram", "ngram") if setting in (None, "compressed") else ("custom_class", PROPOSER_PATH))
     Zip2ZipConfigChecks.verify_and_update_config(config)  # the hook may run again: our proposer is accepted
     assert config.scheduler_config.async_scheduling is False
 

@@ -1,7 +1,8 @@
-"""``vllm serve`` on a tiny z2z model: the documented command, given the model's registered name
-in an empty folder, starts the OpenAI server on 127.0.0.1 only; streamed text equals offline
-text, bad prompt ids get HTTP 400 while the server keeps serving, and 200 concurrent completions
-all come back with text that is the codec's expansion of their ids."""
+"""``vllm serve`` on a tiny z2z model, without and with n-gram speculative decoding: the
+documented command, given the model's registered name in an empty folder, starts the OpenAI
+server on 127.0.0.1 only; streamed text equals offline text (an engine without speculation), bad
+prompt ids get HTTP 400 while the server keeps serving, and 200 concurrent completions all come
+back with text that is the codec's expansion of their ids."""
 
 from __future__ import annotations
 
@@ -38,10 +39,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_export, tmp_path_factory):
+SPECULATIVE = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+
+
+@pytest.fixture(scope="module", params=["plain", "speculative"])
+def server(request, tiny_export, tmp_path_factory):
     """``vllm serve NAME --host 127.0.0.1`` (the console script next to this Python) from an empty
-    folder, network off, engine in its own process; yields the URL."""
+    folder, network off, engine in its own process; yields the URL. Every test runs twice: as
+    served plainly and with n-gram speculative decoding (``--speculative-config``)."""
     register_model(tiny_export, MODEL_NAME)
     empty = tmp_path_factory.mktemp("empty")
     port = _free_port()
@@ -51,6 +56,7 @@ def server(tiny_export, tmp_path_factory):
         str(Path(sys.executable).parent / "vllm"), "serve", MODEL_NAME, "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "256", "--max-num-seqs", "32", "--seed", "0", "--chat-template", CHAT_TEMPLATE,
+        *(["--speculative-config", json.dumps(SPECULATIVE)] if request.param == "speculative" else []),
     ]  # fmt: skip
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=empty)

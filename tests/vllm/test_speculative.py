@@ -1,7 +1,7 @@
 """Speculative decoding (n-gram drafts) on a tiny z2z model: the same greedy tokens as the HF
 reference without speculation, with prefix caching and under forced preemption, while drafts are
-proposed and accepted; each kind of drafts (z2z_vllm.vllm.drafts, and vLLM's own over compressed
-ids). Each test builds and shuts down its own engine (test_scheduling.py)."""
+proposed and accepted; each kind of drafts (vLLM's own over compressed ids, the default, and
+z2z_vllm.vllm.drafts). Each test builds and shuts down its own engine (test_scheduling.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_ngram_drafts_give_the_same_greedy_tokens_with_prefix_caching(tiny_expor
         engine.llm_engine.engine_core.shutdown()
 
 
-@pytest.mark.parametrize("drafts", ["ids+base", "base", "compressed"])
+@pytest.mark.parametrize("drafts", ["compressed", "ids+base", "base"])
 def test_ngram_drafts_give_the_same_greedy_tokens_under_preemption(tiny_export, prompts, reference, drafts, monkeypatch):
     from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV
 

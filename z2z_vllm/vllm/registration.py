@@ -103,9 +103,9 @@ def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
     """Speculative decoding works with drafts made from the request's own token list (n-gram
     matches): the codebook slots check each draft row against the entries known at its position
     and rewind past rejected drafts. Draft models would have to read and write compressed ids.
-    ``method="ngram"`` drafts from matches over compressed ids, then base tokens
-    (:mod:`z2z_vllm.vllm.drafts`, through vLLM's ``custom_class`` proposers) unless
-    ``Z2Z_NGRAM_DRAFTS=compressed`` keeps vLLM's own."""
+    ``method="ngram"`` keeps vLLM's n-gram proposer over compressed ids unless
+    ``Z2Z_NGRAM_DRAFTS`` asks for base-token matches (:mod:`z2z_vllm.vllm.drafts`, through vLLM's
+    ``custom_class`` proposers)."""
     from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH, ngram_drafts_setting
 
     speculative = vllm_config.speculative_config
