@@ -469,7 +469,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   std::vector<std::unique_lock<std::mutex>> locks;  // released before the GIL is taken back
   std::vector<uint8_t> taken(decoders.size(), 0);
   std::vector<Id> fed;
-  std::vector<int64_t> first_token(n), kept_entries(n, 0);
+  std::vector<int64_t> first_token(n), scheduled(n), kept_entries(n, 0);
   size_t num_rows = 0;
   for (size_t r = 0; r < n; ++r) {
     Work& w = work[r];
@@ -484,6 +484,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
     w.begin = int_attribute(request, begin_name);
     w.end = int_attribute(request, end_name);
     const int64_t end = w.end;
+    scheduled[r] = end - w.begin;
     const TokenList tokens(request);
     w.verified = tokens.verified_size();
     w.drafts = tokens.num_drafts();
@@ -605,6 +606,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   const size_t width = std::max<size_t>({1, joined.created_contents.width(), joined.candidates.width(), joined.reads.width()});
   py::dict result;
   result["first_token"] = to_array(first_token);
+  result["scheduled"] = to_array(scheduled);
   result["replayed"] = to_array<uint8_t, bool>(replayed);
   result["kept_entries"] = to_array(kept_entries);
   result["num_entries"] = to_array(num_entries);
@@ -1232,7 +1234,7 @@ model gives it probability 0, so it is rejected. Raises ValueError naming the fi
 invalid verified ids (its decoder may have rewound; other requests' decoders may have advanced).
 Many requests run on several threads. Returns a dict of numpy arrays (K entries created, Q
 hypertokens read in the scheduled ranges, W = longest content, padded with -1):
-``first_token`` [R] (-1: none), ``replayed`` [R], ``kept_entries`` [R] (entries kept before
+``first_token`` [R] (-1: none), ``scheduled`` [R] (end - begin), ``replayed`` [R], ``kept_entries`` [R] (entries kept before
 reading: all, those before the drafts, or 0 on a replay), ``num_entries`` [N],
 ``created_slot`` / ``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [N]
 and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slot`` /

@@ -74,7 +74,7 @@ __all__ = ["HyperSlots", "ScheduledRequest"]
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # [N, W] base ids (-1 padded) -> [N, H]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the native step reads its fields for every request
 class ScheduledRequest:
     """One request of a step: its tokens so far and the positions ``begin .. end-1`` it runs.
 
@@ -207,6 +207,7 @@ class StepAdvance(NamedTuple):
     have 0 / False / -1."""
 
     first_token: np.ndarray  # [R] the id at each request's begin (-1: none)
+    scheduled: np.ndarray  # [R] end - begin
     replayed: np.ndarray  # [R] bool: the decoder was reset and replayed from position 0
     kept_entries: np.ndarray  # [R] entries kept before reading (all; before the drafts; 0)
     num_entries: np.ndarray  # [N] after each row's position
@@ -275,6 +276,7 @@ class PythonHostPath(NativeHostPath):
     def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
         V, R = self.codec.initial_vocab_size, len(requests)
         first_token = np.full(R, -1, dtype=np.int64)
+        scheduled_counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
         replayed = np.zeros(R, dtype=bool)
         kept = np.zeros(R, dtype=np.int64)
         num_entries: list[int] = []
@@ -319,7 +321,7 @@ class PythonHostPath(NativeHostPath):
             reads.extend((slot, token - V, entries[token - V]) for token in read_tokens if token >= V)
         width = max([1] + [len(c) for _, _, c in created] + [len(c) for c in candidates] + [len(c) for _, _, c in reads])
         return StepAdvance(
-            first_token, replayed, kept, np.array(num_entries, dtype=np.int64),
+            first_token, scheduled_counts, replayed, kept, np.array(num_entries, dtype=np.int64),
             np.array([s for s, _, _ in created], dtype=np.int64), np.array([e for _, e, _ in created], dtype=np.int64),
             _padded([c for _, _, c in created], width), np.array([len(c) > 0 for c in candidates], dtype=bool),
             _padded(candidates, width),
@@ -481,10 +483,10 @@ class HyperSlots:
                 slots[r] = self.slot(requests[r].req_id)
         else:
             self._last_step[slots] = self._step
-        counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
         host = np.ones(len(slots), dtype=bool)
         if self.device_codebooks:  # decode steps where the device copy stands run there
             begins = np.array([request.begin for request in requests], dtype=np.int64)
+            counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
             host = (counts != 1) | (self._device_position[slots] != begins)
         try:
             step = self.host.advance(requests, slots, host)
@@ -526,6 +528,7 @@ class HyperSlots:
             self._advance_on_device(slots[~host], step.first_token[~host], device)
             self._columns_used = self.codebook_size  # the host does not know how far the device went
         self._row_slots = _on(device, self._row_slots_host)
+        counts = step.scheduled
         if (counts == 1).all():  # decode steps: one token per request, in request order
             self._token_slots = self._row_slots
         else:
