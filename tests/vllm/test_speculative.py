@@ -64,3 +64,22 @@ def test_sampling_with_drafts_gives_valid_streams_and_options_stay_checked(tiny_
             engine.generate([vllm.TokensPrompt(prompt_token_ids=prompts[0])], vllm.SamplingParams(presence_penalty=0.5))
     finally:
         engine.llm_engine.engine_core.shutdown()
+
+
+def test_device_codebooks_with_drafts_give_the_same_greedy_tokens(tiny_export, prompts, reference, monkeypatch):
+    """The GPU path's device decode steps (forced on here on the CPU) between steps with drafts,
+    which go through the host: requests move between the two paths at every accepted or rejected
+    draft."""
+    from z2z_vllm.vllm.model import DEVICE_CODEBOOKS_ENV
+
+    monkeypatch.setenv(DEVICE_CODEBOOKS_ENV, "1")
+    engine = make_llm(tiny_export, speculative_config=NGRAM, enable_prefix_caching=False, disable_log_stats=False)
+    try:
+        slots = engine.llm_engine.model_executor.driver_worker.worker.model_runner.model.hyper_slots
+        advance_on_device, device_steps = slots._advance_on_device, []
+        slots._advance_on_device = lambda *args: device_steps.append(len(args[0])) or advance_on_device(*args)
+        assert greedy(engine, prompts) == reference
+        assert sum(device_steps) > 0, "decode steps ran on the device path"
+        assert metric(engine, "vllm:spec_decode_num_accepted_tokens") > 0
+    finally:
+        engine.llm_engine.engine_core.shutdown()
