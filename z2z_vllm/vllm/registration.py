@@ -106,11 +106,11 @@ def _ngram_drafts_only(vllm_config: VllmConfig) -> None:
     ``method="ngram"`` keeps vLLM's n-gram proposer over compressed ids unless
     ``Z2Z_NGRAM_DRAFTS`` asks for base-token matches (:mod:`z2z_vllm.vllm.drafts`, through vLLM's
     ``custom_class`` proposers)."""
-    from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH, ngram_drafts_setting
-
     speculative = vllm_config.speculative_config
     if speculative is None:
         return
+    from z2z_vllm.vllm.drafts import NGRAM_DRAFTS_ENV, PROPOSER_PATH, ngram_drafts_setting
+
     ours = speculative.method == "custom_class" and speculative.model == PROPOSER_PATH
     if speculative.method != "ngram" and not ours:
         raise ValueError(
