@@ -226,9 +226,12 @@ def run_model(model_dir: Path, *, dtype: str, prompts: dict[str, list[str]], tas
         "sampled": SamplingParams(max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=0),
     }
     task_params = SamplingParams(max_tokens=TASK_MAX_TOKENS, temperature=0.0)
+    # A prompt longer than the context (multilingual text can take several tokens per character)
+    # keeps its end, which the continuation follows.
+    keep_end = {"truncate_prompt_tokens": max_model_len - max(max_tokens, TASK_MAX_TOKENS), "truncation_side": "left"}
 
     def run(texts: list[str], params) -> list[Continuation]:
-        outputs = engine.generate(texts, params, use_tqdm=False)
+        outputs = engine.generate(texts, params, use_tqdm=False, tokenization_kwargs=keep_end)
         return [Continuation(list(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].text) for o in outputs]
 
     try:
