@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from z2z_vllm.codec import LZWCodec
-from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, StepBatch
 
 from machine import cpu_model, load_average, package_version, write_report
 
@@ -104,19 +104,23 @@ def measure(
     slots: HyperSlots, streams: list[list[int]], settings: Settings, round_index: int
 ) -> tuple[float, list[float], int]:
     """Seconds of the prefill step and of each decode step of one round of requests, and the
-    most table rows referenced after a step (distinct entries in flight)."""
-    P = settings.prompt_len
-    names = [f"round{round_index}-{i}" for i in range(len(streams))]
-    prefill = [ScheduledRequest(name, s[:P], [], 0, P) for name, s in zip(names, streams)]
+    most table rows referenced after a step (distinct entries in flight). The requests' token
+    lists are rows of one array, as in vLLM's input batch; building a step's arrays is timed."""
+    P, R = settings.prompt_len, len(streams)
+    names = [f"round{round_index}-{i}" for i in range(R)]
+    token_ids = np.array(streams, dtype=np.int32)  # ids past a step's range are not read
+
+    def step_batch(begin: int, end: int) -> StepBatch:
+        return StepBatch(names, token_ids, np.full(R, max(end, P)), np.full(R, begin), np.full(R, end))
+
     started = time.perf_counter()
-    slots.begin_step(prefill)
+    slots.begin_step(step_batch(0, P))
     prefill_s = time.perf_counter() - started
     peak_rows = slots.table.index.num_referenced
     decode_s = []
     for step in range(settings.decode_steps):
-        requests = [ScheduledRequest(name, s[:P], s[P : P + step + 1], P + step, P + step + 1) for name, s in zip(names, streams)]
         started = time.perf_counter()
-        slots.begin_step(requests)
+        slots.begin_step(step_batch(P + step, P + step + 1))
         decode_s.append(time.perf_counter() - started)
         peak_rows = max(peak_rows, slots.table.index.num_referenced)
     for name in names:

@@ -393,110 +393,61 @@ py::array_t<Out> to_array(const std::vector<T>& values) {
   return array;
 }
 
-PyObject* interned(const char* name) {
-  PyObject* string = PyUnicode_InternFromString(name);
-  if (!string) throw py::error_already_set();
-  return string;  // kept for the life of the module
-}
-
-py::object attribute(PyObject* object, PyObject* name) {
-  PyObject* value = PyObject_GetAttr(object, name);
-  if (!value) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(value);
-}
-
-// A request's token list: its prompt, its outputs, then the draft ids scheduled with it
-// (speculative decoding; an optional attribute `drafts`). Any sequences of ints.
-class TokenList {
- public:
-  explicit TokenList(PyObject* request) {
-    static PyObject* const prompt_name = interned("prompt");
-    static PyObject* const outputs_name = interned("outputs");
-    static PyObject* const drafts_name = interned("drafts");
-    parts_[0] = fast_sequence(attribute(request, prompt_name));
-    parts_[1] = fast_sequence(attribute(request, outputs_name));
-    parts_[2] = PyObject_HasAttr(request, drafts_name) ? fast_sequence(attribute(request, drafts_name))
-                                                       : fast_sequence(py::tuple());
-    for (int i = 0; i < 3; ++i) ends_[i] = (i ? ends_[i - 1] : 0) + PySequence_Fast_GET_SIZE(parts_[i].ptr());
-  }
-  // Positions before this one are verified (prompt and outputs); drafts follow.
-  int64_t verified_size() const { return ends_[1]; }
-  int64_t num_drafts() const { return ends_[2] - ends_[1]; }
-  // Appends positions [begin, end) to out, clipped to the list's length.
-  void read(int64_t begin, int64_t end, std::vector<Id>& out) const {
-    end = std::min<int64_t>(end, ends_[2]);
-    for (int64_t p = std::max<int64_t>(begin, 0); p < end; ++p) out.push_back(at(p));
-  }
-  // The id at `position`, or -1 past the end.
-  Id at_or_missing(int64_t position) const { return position >= 0 && position < ends_[2] ? at(position) : -1; }
-
- private:
-  static py::object fast_sequence(const py::object& ids) {
-    PyObject* seq = PySequence_Fast(ids.ptr(), "a request's prompt, outputs and drafts must be sequences of ids");
-    if (!seq) throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(seq);
-  }
-  Id at(int64_t p) const {
-    const int part = p < ends_[0] ? 0 : p < ends_[1] ? 1 : 2;
-    const int64_t start = part ? ends_[part - 1] : 0;
-    return item_to_id(PySequence_Fast_GET_ITEM(parts_[part].ptr(), p - start), static_cast<size_t>(p));
-  }
-  py::object parts_[3];
-  int64_t ends_[3] = {0, 0, 0};
-};
-
-int64_t int_attribute(PyObject* object, PyObject* name) {
-  return static_cast<int64_t>(attribute(object, name).cast<long long>());
-}
+using IdArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 // Brings the decoder of each request's slot to the end of its scheduled range (requests with
-// host[r] false are only read: their first scheduled id). See LZWCodec.advance_requests.
-py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
-                          const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& slots,
-                          const py::sequence& requests,
+// host[r] false are only read: their first scheduled id). Request r's token list is row r of
+// token_ids: positions before num_verified[r] hold its prompt and outputs, the positions from
+// there to ends[r] its drafts. See LZWCodec.advance_requests.
+py::dict advance_requests(const z2z::Config& config, const py::list& decoders, const IdArray& slots,
+                          const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& token_ids,
+                          const IdArray& num_verified, const IdArray& begins, const IdArray& ends,
                           const py::array_t<bool, py::array::c_style | py::array::forcecast>& host) {
-  const size_t n = requests.size();
-  if (static_cast<size_t>(slots.size()) != n || static_cast<size_t>(host.size()) != n)
-    throw py::value_error("slots and host need one value per request: " + std::to_string(n) + " requests, " +
-                          std::to_string(slots.size()) + " slots, " + std::to_string(host.size()) + " host flags");
+  const size_t n = static_cast<size_t>(slots.size());
+  for (const auto& [name, size] : {std::pair{"num_verified", num_verified.size()}, std::pair{"begins", begins.size()},
+                                   std::pair{"ends", ends.size()}, std::pair{"host", host.size()}})
+    if (static_cast<size_t>(size) != n)
+      throw py::value_error(std::string(name) + " needs one value per request: " + std::to_string(n) +
+                            " slots, " + std::to_string(size) + " values");
+  if (token_ids.ndim() != 2 || static_cast<size_t>(token_ids.shape(0)) < n)
+    throw py::value_error("token_ids must be 2-D with a row per request (" + std::to_string(n) + ")");
+  const int64_t row_length = token_ids.shape(1);
   struct Work {
     z2z::Decoder* decoder = nullptr;
+    const Id* tokens = nullptr;  // the request's row of token_ids
     int64_t slot = 0, begin = 0, end = 0, start = 0, verified = 0, drafts = 0;
-    size_t fed_begin = 0, fed_end = 0, first_row = 0;
+    size_t first_row = 0;
     bool replay = false;
   };
   std::vector<Work> work(n);
   std::vector<std::unique_lock<std::mutex>> locks;  // released before the GIL is taken back
   std::vector<uint8_t> taken(decoders.size(), 0);
-  std::vector<Id> fed;
   std::vector<int64_t> first_token(n), scheduled(n), kept_entries(n, 0);
-  size_t num_rows = 0;
+  size_t num_rows = 0, total_ids = 0;
   for (size_t r = 0; r < n; ++r) {
     Work& w = work[r];
     w.slot = slots.data()[r];
+    w.begin = begins.data()[r];
+    w.end = ends.data()[r];
+    w.verified = num_verified.data()[r];
+    w.tokens = token_ids.data() + r * row_length;
+    const auto request = [r] { return "request " + std::to_string(r) + ": "; };  // built on errors only
     if (w.slot < 0 || w.slot >= static_cast<int64_t>(decoders.size()))
-      throw py::value_error("request " + std::to_string(r) + ": slot " + std::to_string(w.slot) +
-                            " is not one of the " + std::to_string(decoders.size()) + " decoders");
+      throw py::value_error(request() + "slot " + std::to_string(w.slot) + " is not one of the " +
+                            std::to_string(decoders.size()) + " decoders");
     if (taken[w.slot]++) throw py::value_error("slot " + std::to_string(w.slot) + " appears twice in one step");
-    PyObject* request = requests[r].ptr();
-    static PyObject* const begin_name = interned("begin");
-    static PyObject* const end_name = interned("end");
-    w.begin = int_attribute(request, begin_name);
-    w.end = int_attribute(request, end_name);
-    const int64_t end = w.end;
-    scheduled[r] = end - w.begin;
-    const TokenList tokens(request);
-    w.verified = tokens.verified_size();
-    w.drafts = tokens.num_drafts();
-    if (w.drafts && (end != w.verified + w.drafts || w.begin >= w.verified))
-      throw py::value_error("request " + std::to_string(r) + ": " + std::to_string(w.drafts) +
-                            " drafts follow position " + std::to_string(w.verified) +
-                            ", so its scheduled range must end at " + std::to_string(w.verified + w.drafts) +
-                            " and start before " + std::to_string(w.verified) + "; got " +
-                            std::to_string(w.begin) + " .. " + std::to_string(end));
+    if (w.begin < 0 || w.begin > w.end || w.end > row_length || w.verified < 0 || w.verified > row_length)
+      throw py::value_error(request() + "scheduled range " + std::to_string(w.begin) + " .. " + std::to_string(w.end) +
+                            " and " + std::to_string(w.verified) + " verified ids must lie within its " +
+                            std::to_string(row_length) + " token_ids");
+    w.drafts = std::max<int64_t>(w.end - w.verified, 0);
+    if (w.drafts && w.begin >= w.verified)
+      throw py::value_error(request() + "the range " + std::to_string(w.begin) + " .. " + std::to_string(w.end) +
+                            " holds only drafts: it must start before position " + std::to_string(w.verified));
+    scheduled[r] = w.end - w.begin;
     w.first_row = num_rows;
     num_rows += 1 + static_cast<size_t>(w.drafts);
-    first_token[r] = tokens.at_or_missing(w.begin);
+    first_token[r] = w.begin < std::max(w.end, w.verified) ? w.tokens[w.begin] : -1;
     if (!host.data()[r]) continue;
     Decoder& decoder = decoders[w.slot].cast<Decoder&>();
     if (decoder.config() != &config)
@@ -508,9 +459,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
     if (static_cast<int64_t>(w.decoder->position()) > w.begin) w.replay = !w.decoder->rewind_to(w.begin);
     w.start = w.replay ? 0 : static_cast<int64_t>(w.decoder->position());
     kept_entries[r] = w.replay ? 0 : w.decoder->num_entries();
-    w.fed_begin = fed.size();
-    tokens.read(w.start, end, fed);
-    w.fed_end = fed.size();
+    total_ids += static_cast<size_t>(w.end - w.start);
   }
 
   // Requests split into contiguous chunks, one per thread, each with its own outputs, joined in
@@ -526,7 +475,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   std::vector<uint8_t> replayed(n, 0), has_candidate(num_rows, 0);
   std::vector<int64_t> num_entries(num_rows, 0);
   const size_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const size_t work_units = (8 * n + fed.size()) / 4096;  // a request costs about 8 ids' work
+  const size_t work_units = (8 * n + total_ids) / 4096;  // a request costs about 8 ids' work
   std::vector<Chunk> chunks(std::clamp<size_t>(work_units, 1, cores));
   {
     py::gil_scoped_release release;
@@ -546,18 +495,16 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
         // Logits rows are the last 1 + drafts positions of the range: the ids before them are
         // read at once, these one by one, each row getting the codebook as it stands after its
         // position (a row whose position the decoder had read already gets it as it stands).
-        const int64_t rows = 1 + w.drafts, fed_size = static_cast<int64_t>(w.fed_end - w.fed_begin);
-        const int64_t rows_at = std::max<int64_t>(w.end - rows, w.start);
-        size_t read_end = w.fed_begin + static_cast<size_t>(std::min(rows_at - w.start, fed_size));
+        const int64_t rows = 1 + w.drafts;
+        int64_t read_end = std::max<int64_t>(w.end - rows, w.start);
         bool draft_refused = false;
         try {
-          decoder.feed(fed.data() + w.fed_begin, read_end - w.fed_begin, nullptr, &created);
+          decoder.feed(w.tokens + w.start, static_cast<size_t>(read_end - w.start), nullptr, &created);
           for (int64_t position = w.end - rows, row = w.first_row; position < w.end; ++position, ++row) {
             if (w.drafts && static_cast<int64_t>(decoder.position()) == w.verified) decoder.set_rewind_point();
-            const bool readable = position == static_cast<int64_t>(decoder.position()) && position - w.start < fed_size;
-            if (readable && !draft_refused) {
+            if (position == static_cast<int64_t>(decoder.position()) && !draft_refused) {
               try {
-                decoder.feed(&fed[read_end], 1, nullptr, &created);
+                decoder.feed(w.tokens + read_end, 1, nullptr, &created);
                 ++read_end;
               } catch (const z2z::InvalidIds&) {
                 // A draft that cannot come next: its logit is -inf, so it is rejected, and the
@@ -580,11 +527,12 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
           chunk.created_index.push_back(id - vocab);
           chunk.created_contents.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
         }
-        for (size_t i = w.fed_begin + static_cast<size_t>(w.begin - w.start); i < read_end; ++i) {
-          if (fed[i] < vocab) continue;
+        for (int64_t position = w.begin; position < read_end; ++position) {
+          const Id id = w.tokens[position];
+          if (id < vocab) continue;
           chunk.read_slot.push_back(w.slot);
-          chunk.read_index.push_back(fed[i] - vocab);
-          chunk.reads.add(decoder.entry(fed[i] - vocab), decoder.entry_size(fed[i] - vocab));
+          chunk.read_index.push_back(id - vocab);
+          chunk.reads.add(decoder.entry(id - vocab), decoder.entry_size(id - vocab));
         }
       }
     });
@@ -619,6 +567,20 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders,
   result["read_index"] = to_array(joined.read_index);
   result["read_content"] = joined.reads.padded(width);
   return result;
+}
+
+// mapping.get(key, missing) for each key, as an array: the slot of each request of a step.
+py::array_t<int64_t> lookup(const py::dict& mapping, const py::sequence& keys, int64_t missing) {
+  const py::ssize_t n = static_cast<py::ssize_t>(keys.size());
+  py::array_t<int64_t> values(n);
+  int64_t* out = values.mutable_data();
+  for (py::ssize_t i = 0; i < n; ++i) {
+    py::object key = keys[i];
+    PyObject* value = PyDict_GetItemWithError(mapping.ptr(), key.ptr());  // borrowed
+    if (!value && PyErr_Occurred()) throw py::error_already_set();
+    out[i] = value ? py::handle(value).cast<int64_t>() : missing;
+  }
+  return values;
 }
 
 // Open addressing with linear probing: slots of (hash, value), value -1 when empty.
@@ -1178,6 +1140,8 @@ Safe to share between threads: each call is atomic (calls are serialized).
 PYBIND11_MODULE(_codec, m) {
   m.doc() = "Native LZW hypertoken codec; the documented API is z2z_vllm.codec.";
 
+  m.def("lookup", &lookup, py::arg("mapping"), py::arg("keys"), py::kw_only(), py::arg("missing") = -1,
+        "[mapping.get(key, missing) for key in keys] as an int64 array (values must be ints).");
   py::class_<Codec>(m, "LZWCodec", kCodecDoc)
       .def(py::init<long long, long long, long long, py::object, py::object>(), py::kw_only(),
            py::arg("initial_vocab_size"), py::arg("max_codebook_size"), py::arg("max_subtokens"),
@@ -1210,36 +1174,38 @@ W = longest entry, at most M):
   at t)`` would define if it came next (the KwKwK case), or all -1 where no such id is valid.
 )doc")
       .def("advance_requests",
-           [](const Codec& self, const py::list& decoders,
-              const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& slots,
-              const py::sequence& requests, const py::array_t<bool, py::array::c_style | py::array::forcecast>& host) {
-             return advance_requests(*self.config(), decoders, slots, requests, host);
+           [](const Codec& self, const py::list& decoders, const IdArray& slots,
+              const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& token_ids,
+              const IdArray& num_verified, const IdArray& begins, const IdArray& ends,
+              const py::array_t<bool, py::array::c_style | py::array::forcecast>& host) {
+             return advance_requests(*self.config(), decoders, slots, token_ids, num_verified, begins, ends, host);
            },
-           py::arg("decoders"), py::arg("slots"), py::arg("requests"), py::arg("host"),
+           py::arg("decoders"), py::arg("slots"), py::arg("token_ids"), py::arg("num_verified"), py::arg("begins"),
+           py::arg("ends"), py::arg("host"),
            R"doc(One serving step: advances each request's decoder to the end of its scheduled range.
 
-``decoders``: this codec's LZWDecoders by slot; ``slots`` [R]: each request's slot (distinct);
-``requests``: objects with ``prompt``, ``outputs`` and optionally ``drafts`` (sequences of ids:
-the token list is the prompt, the outputs, then the draft ids of speculative decoding) and
-``begin`` / ``end`` (the positions scheduled; with drafts, ``end`` is the end of the list);
-``host`` [R]: bool, whether to advance the request's decoder (False: only its first scheduled id
-is read).
+``decoders``: this codec's LZWDecoders by slot. Per request r, in arrays of R values: ``slots``
+(distinct), ``begins`` / ``ends`` (the positions scheduled), ``num_verified`` (the length of its
+prompt and outputs) and ``host`` (bool: whether to advance its decoder; False: only its first
+scheduled id is read). ``token_ids`` [>= R, L] int32: row r is request r's token list, its prompt
+and outputs, then from ``num_verified`` to ``ends`` the draft ids of speculative decoding (vLLM's
+``InputBatch.token_ids_cpu`` is laid out so).
 
-Each request has 1 + len(drafts) logits rows, its last positions (N rows in all, in request
-order); each row reports the codebook as it stands after its position. A decoder that has read
-past ``begin`` returns to its state before the drafts it read, if it read them at or before
-``begin``, or else is reset and replays from position 0; it then reads from its position to
-``end``. A draft id that cannot come next (an undefined hypertoken) stops the reading there: the
-model gives it probability 0, so it is rejected. Raises ValueError naming the first request with
-invalid verified ids (its decoder may have rewound; other requests' decoders may have advanced).
-Many requests run on several threads. Returns a dict of numpy arrays (K entries created, Q
-hypertokens read in the scheduled ranges, W = longest content, padded with -1):
-``first_token`` [R] (-1: none), ``scheduled`` [R] (end - begin), ``replayed`` [R], ``kept_entries`` [R] (entries kept before
-reading: all, those before the drafts, or 0 on a replay), ``num_entries`` [N],
-``created_slot`` / ``created_index`` [K] and ``created_content`` [K, W], ``has_candidate`` [N]
-and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate), ``read_slot`` /
-``read_index`` [Q] and ``read_content`` [Q, W]. Values of requests not advanced on the host are
-0 / False / -1.
+Each request has 1 + drafts logits rows, its last positions (N rows in all, in request order);
+each row reports the codebook as it stands after its position. A decoder that has read past
+``begin`` returns to its state before the drafts it read, if it read them at or before ``begin``,
+or else is reset and replays from position 0; it then reads from its position to ``end``. A
+draft id that cannot come next (an undefined hypertoken) stops the reading there: the model
+gives it probability 0, so it is rejected. Raises ValueError naming the first request with
+invalid verified ids (its decoder may have rewound; other requests' decoders may have advanced)
+or an invalid range. Many requests run on several threads. Returns a dict of numpy arrays (K
+entries created, Q hypertokens read in the scheduled ranges, W = longest content, padded with
+-1): ``first_token`` [R] (-1: none), ``scheduled`` [R] (end - begin), ``replayed`` [R],
+``kept_entries`` [R] (entries kept before reading: all, those before the drafts, or 0 on a
+replay), ``num_entries`` [N], ``created_slot`` / ``created_index`` [K] and ``created_content`` [K,
+W], ``has_candidate`` [N] and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate),
+``read_slot`` / ``read_index`` [Q] and ``read_content`` [Q, W]. Values of requests not advanced
+on the host are 0 / False / -1.
 )doc")
       .def("decoder",
            [](py::object self) {

@@ -3,11 +3,10 @@ entry content, with reference counts): results against the incremental decoder, 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
+from z2z_vllm._codec import lookup
 from z2z_vllm.codec import LZWCodec, RowIndex
 
 V, C, M = 20, 8, 3
@@ -18,9 +17,14 @@ def codec():
     return LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M)
 
 
-def req(tokens, begin, end, split=None):
-    split = len(tokens) if split is None else split
-    return SimpleNamespace(prompt=tokens[:split], outputs=tokens[split:], begin=begin, end=end)
+def advance(codec, decoders, slots, requests, host):
+    """codec.advance_requests over (token list, begin, end) requests, laid out as vLLM does:
+    one row of token ids per request, every id verified (no drafts)."""
+    token_ids = np.zeros((len(requests), max(len(tokens) for tokens, _, _ in requests)), dtype=np.int32)
+    for row, (tokens, _, _) in enumerate(requests):
+        token_ids[row, : len(tokens)] = tokens
+    num_verified, begins, ends = (np.array([r[i] if i else len(r[0]) for r in requests]) for i in range(3))
+    return codec.advance_requests(decoders, np.array(slots), token_ids, num_verified, begins, ends, np.array(host))
 
 
 def padded(rows):
@@ -31,7 +35,7 @@ def padded(rows):
 def test_a_step_matches_feeding_each_decoder(codec):
     a, b = codec.encode([1, 2, 1, 2, 1, 2, 3, 1, 2, 3]), codec.encode([4, 5, 4, 5, 4, 5, 4])
     decoders = [codec.decoder() for _ in range(3)]
-    step = codec.advance_requests(decoders, np.array([2, 0]), [req(a, 0, 4), req(b, 0, len(b), split=2)], np.array([True, True]))
+    step = advance(codec, decoders, [2, 0], [(a, 0, 4), (b, 0, len(b))], [True, True])
     expected = [codec.decoder(), codec.decoder()]
     created = [e.feed(tokens) for e, tokens in zip(expected, (a[:4], b))]
     assert step["created_slot"].tolist() == [2] * len(created[0]) + [0] * len(created[1])
@@ -54,32 +58,46 @@ def test_decoders_catch_up_replay_and_skip(codec):
     decoders = [codec.decoder(), codec.decoder()]
     decoders[0].feed(tokens[:6])  # read past begin: replayed from 0
     decoders[1].feed(tokens[:1])  # behind begin: catches up
-    step = codec.advance_requests(decoders, np.array([0, 1]), [req(tokens, 2, 3), req(tokens, 3, 4)], np.array([True, True]))
+    step = advance(codec, decoders, [0, 1], [(tokens, 2, 3), (tokens, 3, 4)], [True, True])
     assert step["replayed"].tolist() == [True, False]
     assert [d.position for d in decoders] == [3, 4]
     assert decoders[0].codebook == codec.codebook(tokens[:3])
-    skipped = codec.advance_requests(decoders, np.array([1]), [req(tokens, 4, 5)], np.array([False]))
+    skipped = advance(codec, decoders, [1], [(tokens, 4, 5)], [False])
     assert decoders[1].position == 4 and skipped["first_token"].tolist() == [tokens[4]]
     assert skipped["candidate"].tolist() == [[-1]] and len(skipped["created_slot"]) == 0
 
 
 def test_bad_input_raises_clear_errors(codec):
     decoders = [codec.decoder(), codec.decoder()]
-    ok = req([1, 2], 0, 2)
+    ok = ([1, 2], 0, 2)
     with pytest.raises(ValueError, match="request 1: id 27 at position 0 is not a defined hypertoken"):
-        codec.advance_requests(decoders, np.array([0, 1]), [ok, req([V + C - 1], 0, 1)], np.array([True, True]))
+        advance(codec, decoders, [0, 1], [ok, ([V + C - 1], 0, 1)], [True, True])
     assert decoders[1].position == 0  # the failing request's decoder is unchanged
     with pytest.raises(ValueError, match="slot 0 appears twice"):
-        codec.advance_requests(decoders, np.array([0, 0]), [ok, ok], np.array([True, True]))
+        advance(codec, decoders, [0, 0], [ok, ok], [True, True])
     with pytest.raises(ValueError, match="slot 5 is not one of the 2 decoders"):
-        codec.advance_requests(decoders, np.array([5]), [ok], np.array([True]))
-    with pytest.raises(ValueError, match="one value per request"):
-        codec.advance_requests(decoders, np.array([0]), [ok, ok], np.array([True]))
+        advance(codec, decoders, [5], [ok], [True])
+    with pytest.raises(ValueError, match="host needs one value per request"):
+        advance(codec, decoders, [0, 1], [ok, ok], [True])
+    with pytest.raises(ValueError, match="a row per request"):
+        codec.advance_requests(decoders, np.array([0, 1]), np.zeros((1, 2), np.int32), *([np.array([2, 2])] * 3), np.array([True, True]))
+    with pytest.raises(ValueError, match="request 0: scheduled range 1 .. 3 and 2 verified ids must lie within its 2 token_ids"):
+        advance(codec, decoders, [0], [([1, 2], 1, 3)], [True])
+    with pytest.raises(ValueError, match="request 0: the range 2 .. 3 holds only drafts"):
+        codec.advance_requests(decoders, np.array([0]), np.ones((1, 3), np.int32), np.array([2]), np.array([2]), np.array([3]), np.array([True]))
     other = LZWCodec(initial_vocab_size=V, max_codebook_size=C, max_subtokens=M).decoder()
     with pytest.raises(ValueError, match="belongs to another codec"):
-        codec.advance_requests([other], np.array([0]), [ok], np.array([True]))
-    with pytest.raises(ValueError, match="is negative"):
-        codec.advance_requests(decoders, np.array([0]), [req([1, -3], 0, 2)], np.array([True]))
+        advance(codec, [other], [0], [ok], [True])
+    with pytest.raises(ValueError, match="id -3 at position 1 is out of range"):
+        advance(codec, decoders, [0], [([1, -3], 0, 2)], [True])
+
+
+def test_lookup_gives_each_keys_value_or_missing():
+    slot_of = {"a": 3, "b": 0}
+    assert lookup(slot_of, ["b", "x", "a", "a"]).tolist() == [0, -1, 3, 3]
+    assert lookup(slot_of, [], missing=-2).dtype == np.int64
+    with pytest.raises(TypeError):
+        lookup(slot_of, [["unhashable"]])
 
 
 def contents(*entries) -> np.ndarray:
@@ -155,7 +173,7 @@ def test_a_step_over_many_requests_keeps_request_order(codec):
     rng = np.random.default_rng(0)
     streams = [codec.encode(rng.integers(0, 4, 40).tolist()) for _ in range(800)]
     decoders = [codec.decoder() for _ in streams]
-    step = codec.advance_requests(decoders, np.arange(len(streams)), [req(s, 0, len(s)) for s in streams], np.ones(len(streams), bool))
+    step = advance(codec, decoders, np.arange(len(streams)), [(s, 0, len(s)) for s in streams], [True] * len(streams))
     created = [(slot, h - V, list(sub)) for slot, s in enumerate(streams) for h, sub in codec.decoder().feed(s)]
     assert list(zip(step["created_slot"].tolist(), step["created_index"].tolist())) == [(s, i) for s, i, _ in created]
     assert [[t for t in row if t >= 0] for row in step["created_content"].tolist()] == [c for _, _, c in created]

@@ -16,7 +16,7 @@ from tests.modeling.helpers import M, V, base_stream, tiny_model
 from tests.training.checkpoint_helpers import randomize_
 from z2z_vllm.modeling.generation import generate
 from z2z_vllm.vllm.compose import encode_rows
-from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest, StepBatch
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,7 +74,7 @@ def test_the_device_path_matches_the_host_path_on_cuda(model):
         base = torch.randn(len(step), V, generator=gen, device="cuda")
         results = []
         for slots in (host, device):
-            slots.begin_step(requests)
+            slots.begin_step(StepBatch.of(requests))
             results.append((slots.embed(ids, embed_base(model)), slots.logits(hidden, base)))
         torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-4)
@@ -93,7 +93,7 @@ def greedy_through_slots(model, prompts: list[list[int]], *, gpu_path: bool, max
     ranges = [(0, len(p)) for p in prompts]
     base = model.base_model
     for _ in range(max_new_tokens):
-        slots.begin_step([ScheduledRequest(str(i), tokens[i], [], b, e) for i, (b, e) in enumerate(ranges)])
+        slots.begin_step(StepBatch.of([ScheduledRequest(str(i), tokens[i], [], b, e) for i, (b, e) in enumerate(ranges)]))
         ids = torch.tensor([t for i, (b, e) in enumerate(ranges) for t in tokens[i][b:e]], device="cuda")
         step_rows = slots.embed(ids, embed_base(model)).split([e - b for b, e in ranges])
         last_hidden = []

@@ -84,17 +84,17 @@ def test_tensor_parallel_slots_free_in_one_order_whatever_order_vllm_frees_them(
     processes: with plain HyperSlots the next request's slot depends on it, with
     RankConsistentSlots (every tensor-parallel rank) it does not."""
     from z2z_vllm.vllm.model import RankConsistentSlots
-    from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+    from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest, StepBatch
 
     def slot_of_next_request(slots_class, release_order: list[str]) -> int:
         slots = slots_class(
             codec=codec, num_slots=4, hidden_size=H, device=torch.device("cpu"), dtype=torch.float32,
             encode_inputs=lambda ids: torch.ones(len(ids), H), encode_outputs=lambda ids: torch.ones(len(ids), H),
         )  # fmt: skip
-        slots.begin_step([ScheduledRequest(f"r{i}", prompts[i], [], 0, len(prompts[i])) for i in range(3)])
+        slots.begin_step(StepBatch.of([ScheduledRequest(f"r{i}", prompts[i], [], 0, len(prompts[i])) for i in range(3)]))
         for req_id in release_order:
             slots.release(req_id)
-        slots.begin_step([ScheduledRequest("next", prompts[3], [], 0, len(prompts[3]))])
+        slots.begin_step(StepBatch.of([ScheduledRequest("next", prompts[3], [], 0, len(prompts[3]))]))
         return slots.slot("next")
 
     orders = (["r0", "r1", "r2"], ["r2", "r0", "r1"])

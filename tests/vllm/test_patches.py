@@ -51,17 +51,24 @@ def test_runner_methods_the_patches_wrap_keep_their_signatures(vllm_source):
     assert src.parameters(RUNNER, "GPUModelRunner.reload_weights") == [
         "self", "weights_iterator", "weights_path", "is_checkpoint_format",
     ]  # fmt: skip
-    # _scheduled_requests reads these after _prepare_inputs.
+    # _step_batch reads these after _prepare_inputs.
     assert "self.query_start_loc.np[1 : num_reqs + 1] = cu_num_tokens" in src.source(RUNNER, "GPUModelRunner._prepare_inputs")
-    assert "self.num_computed_tokens_cpu = " in src.source(INPUT_BATCH, "InputBatch")
+    batch_init = src.source(INPUT_BATCH, "InputBatch.__init__")
+    for array, tensor in [("num_computed_tokens_cpu", "num_computed_tokens_cpu_tensor"),
+                          ("num_tokens_no_spec", "num_tokens_no_spec_cpu_tensor"), ("token_ids_cpu", "token_ids_cpu_tensor")]:
+        assert f"self.{array} = self.{tensor}.numpy()" in batch_init
+    assert re.search(r"self\.token_ids_cpu_tensor = torch\.zeros\(\s*\(max_num_reqs, max_model_len\),[^)]*dtype=torch\.int32", batch_init)
     assert {"req_ids", "num_reqs"} <= src.member_names(INPUT_BATCH, "InputBatch")
-    assert "self.spec_token_ids: list[list[int]] = " in src.source(INPUT_BATCH, "InputBatch.__init__")
-    # Speculative decoding: the drafts of this step, after the request's verified tokens.
-    spec = src.source(INPUT_BATCH, "InputBatch.update_req_spec_token_ids")
-    assert spec.index("cur_spec_token_ids.clear()") < spec.index("cur_spec_token_ids.extend(spec_token_ids)")
-    assert {"prompt_token_ids", "output_token_ids", "num_computed_tokens"} <= set(
-        src.class_fields(INPUT_BATCH, "CachedRequestState")
+    # Each row of token_ids_cpu: the prompt, then each sampled id, then this step's drafts.
+    add_request = src.source(INPUT_BATCH, "InputBatch.add_request")
+    assert "self.token_ids_cpu[req_index, :num_prompt_tokens] = request.prompt_token_ids" in add_request
+    assert "self.token_ids_cpu[req_index, start_idx:end_idx] = request.output_token_ids" in add_request
+    assert "self.input_batch.token_ids_cpu[req_idx, start_idx:end_idx] = sampled_ids" in src.source(
+        RUNNER, "GPUModelRunner._bookkeeping_sync"
     )
+    spec = src.source(INPUT_BATCH, "InputBatch.update_req_spec_token_ids")
+    assert "start_index = self.num_tokens_no_spec[req_index]" in spec
+    assert "self.token_ids_cpu[req_index, start_index:end_token_index] = spec_token_ids" in spec
     # The forward hook runs between input preparation and the model call.
     execute = src.source(RUNNER, "GPUModelRunner.execute_model")
     assert execute.index("self._prepare_inputs(") < execute.index("self._model_forward(")

@@ -9,7 +9,7 @@ import torch
 
 from tests.modeling.helpers import C, M, V, base_stream, tiny_model
 from tests.training.checkpoint_helpers import randomize_
-from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest, StepBatch
 
 H = 64
 
@@ -67,11 +67,26 @@ def expected_logits(model, tokens: list[int], hidden: torch.Tensor, base_logits:
     return torch.cat([base_logits, hyper])
 
 
+def test_a_step_batch_lays_out_requests_as_vllms_input_batch():
+    batch = StepBatch.of([
+        ScheduledRequest("a", [5, 6, 7], [8], 3, 4),  # decode
+        ScheduledRequest("b", [1, 2], [], 0, 2),  # prefill
+        ScheduledRequest("c", [3], [4], 1, 5, drafts=(9, 9, 9)),  # decode with 3 drafts
+    ])  # fmt: skip
+    assert batch.req_ids == ["a", "b", "c"]
+    assert batch.token_ids.dtype == np.int32
+    assert batch.token_ids.tolist() == [[5, 6, 7, 8, 0], [1, 2, 0, 0, 0], [3, 4, 9, 9, 9]]
+    assert batch.num_verified.tolist() == [4, 2, 2] and batch.num_logits_rows.tolist() == [1, 1, 4]
+    assert (batch.begins.tolist(), batch.ends.tolist()) == ([3, 0, 1], [4, 2, 5])
+    with pytest.raises(ValueError, match="request 'a': scheduled range 3 .. 5 is not within its 4 ids"):
+        StepBatch.of([ScheduledRequest("a", [5, 6, 7], [8], 3, 5)])
+
+
 @torch.no_grad()
 def test_logits_match_a_fresh_decoder_for_each_request(model):
     slots = make_slots(model)
     streams = [stream(model, seed) for seed in range(3)]
-    slots.begin_step([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)])
+    slots.begin_step(StepBatch.of([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)]))
     hidden = torch.randn(3, H)
     base = torch.randn(3, V)
     logits = slots.logits(hidden, base)
@@ -84,11 +99,11 @@ def test_logits_match_a_fresh_decoder_for_each_request(model):
 def test_chunks_and_decode_steps_equal_one_pass(model):
     tokens = stream(model, seed=4)
     whole, chunked = make_slots(model), make_slots(model)
-    whole.begin_step([request("a", tokens, 0, len(tokens))])
+    whole.begin_step(StepBatch.of([request("a", tokens, 0, len(tokens))]))
     # Chunked prefill of the prompt, then one decode step per remaining token.
     prompt_len = len(tokens) - 5
     for begin, end in [(0, 7), (7, 20), (20, prompt_len)] + [(t, t + 1) for t in range(prompt_len, len(tokens))]:
-        chunked.begin_step([request("a", tokens[:end], begin, end, prompt_len=min(prompt_len, end))])
+        chunked.begin_step(StepBatch.of([request("a", tokens[:end], begin, end, prompt_len=min(prompt_len, end))]))
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     torch.testing.assert_close(chunked.logits(hidden, base), whole.logits(hidden, base))
 
@@ -100,11 +115,11 @@ def test_recompute_from_zero_replays_the_codebook(model):
     tokens = stream(model, seed=5)
     other = tokens[:30] + stream(model, seed=6)[:20]
     slots = make_slots(model)
-    slots.begin_step([request("a", tokens, 0, len(tokens))])
+    slots.begin_step(StepBatch.of([request("a", tokens, 0, len(tokens))]))
     slots.logits(torch.randn(1, H), torch.randn(1, V))
-    slots.begin_step([request("a", other, 0, len(other))])
+    slots.begin_step(StepBatch.of([request("a", other, 0, len(other))]))
     fresh = make_slots(model)
-    fresh.begin_step([request("a", other, 0, len(other))])
+    fresh.begin_step(StepBatch.of([request("a", other, 0, len(other))]))
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
 
@@ -113,7 +128,7 @@ def test_recompute_from_zero_replays_the_codebook(model):
 def test_embeddings_of_hypertokens_come_from_their_own_request(model):
     a, b = stream(model, seed=7), stream(model, seed=8)
     slots = make_slots(model)
-    slots.begin_step([request("a", a, 0, len(a)), request("b", b, 0, len(b))])
+    slots.begin_step(StepBatch.of([request("a", a, 0, len(a)), request("b", b, 0, len(b))]))
     ids = torch.tensor(a + b)
     embeds = slots.embed(ids, lambda base_ids: torch.nn.functional.embedding(base_ids, model.input_table()))
     for offset, tokens in ((0, a), (len(a), b)):
@@ -136,15 +151,15 @@ def test_embeddings_of_hypertokens_come_from_their_own_request(model):
 def test_slots_are_reused_after_release(model):
     slots = make_slots(model, num_slots=2)
     tokens = stream(model, seed=9)
-    slots.begin_step([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, 10)])
+    slots.begin_step(StepBatch.of([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, 10)]))
     slots.release("a")
     slots.release("unknown")  # ignored
     assert slots.num_active == 1
     # "c" takes a's old slot and starts from an empty codebook.
-    slots.begin_step([request("c", tokens[:3], 0, 3)])
+    slots.begin_step(StepBatch.of([request("c", tokens[:3], 0, 3)]))
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     fresh = make_slots(model)
-    fresh.begin_step([request("c", tokens[:3], 0, 3)])
+    fresh.begin_step(StepBatch.of([request("c", tokens[:3], 0, 3)]))
     torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
 
 
@@ -154,16 +169,16 @@ def test_idle_slots_are_taken_over_and_replayed_later(model):
     loses its slot and rebuilds its codebook from its tokens when it comes back."""
     a, b, c = (stream(model, seed=s) for s in (11, 12, 13))
     slots = make_slots(model, num_slots=2)
-    slots.begin_step([request("a", a, 0, 40), request("b", b, 0, 40)])
-    slots.begin_step([request("b", b, 40, 41), request("c", c, 0, 30)])  # "a" is preempted
+    slots.begin_step(StepBatch.of([request("a", a, 0, 40), request("b", b, 0, 40)]))
+    slots.begin_step(StepBatch.of([request("b", b, 40, 41), request("c", c, 0, 30)]))  # "a" is preempted
     slots.logits(torch.randn(2, H), torch.randn(2, V))
-    slots.begin_step([request("a", a, 40, len(a))])  # "a" resumes where it was
+    slots.begin_step(StepBatch.of([request("a", a, 40, len(a))]))  # "a" resumes where it was
     fresh = make_slots(model)
-    fresh.begin_step([request("a", a, 0, len(a))])
+    fresh.begin_step(StepBatch.of([request("a", a, 0, len(a))]))
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
     with pytest.raises(RuntimeError, match="all 2 are in this step"):
-        slots.begin_step([request(name, a, 0, 5) for name in ("x", "y", "z")])
+        slots.begin_step(StepBatch.of([request(name, a, 0, 5) for name in ("x", "y", "z")]))
 
 
 @torch.no_grad()
@@ -175,20 +190,20 @@ def test_rows_are_encoded_anew_after_a_weight_change():
     split = next(p for p in range(30, len(tokens)) if tokens[p] >= V)  # a hypertoken read next
     slots, stale = make_slots(model), make_slots(model)
     for before in (slots, stale):
-        before.begin_step([request("a", tokens, 0, split)])
+        before.begin_step(StepBatch.of([request("a", tokens, 0, split)]))
         before.logits(torch.randn(1, H), torch.randn(1, V))
     randomize_(model.output_encoder, seed=21)
     randomize_(model.input_encoder, seed=22)
 
     def after_split(slots: HyperSlots) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedding and logits of the decode step that reads tokens[split]."""
-        slots.begin_step([request("a", tokens[: split + 1], split, split + 1)])
+        slots.begin_step(StepBatch.of([request("a", tokens[: split + 1], split, split + 1)]))
         embeds = slots.embed(torch.tensor(tokens[split : split + 1]), lambda ids: model.input_table()[ids])
         return embeds, slots.logits(hidden, base)
 
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     fresh = make_slots(model)
-    fresh.begin_step([request("a", tokens, 0, split)])
+    fresh.begin_step(StepBatch.of([request("a", tokens, 0, split)]))
     expected = after_split(fresh)
     assert not torch.allclose(after_split(stale)[1], expected[1]), "rows encoded before the change differ"
     slots.invalidate_rows()
@@ -199,7 +214,7 @@ def test_rows_are_encoded_anew_after_a_weight_change():
 def test_logits_rows_must_match_the_scheduled_requests(model):
     slots = make_slots(model)
     tokens = stream(model, seed=10)
-    slots.begin_step([request("a", tokens, 0, len(tokens))])
+    slots.begin_step(StepBatch.of([request("a", tokens, 0, len(tokens))]))
     with pytest.raises(RuntimeError, match="2 logits rows where the step scheduled 1"):
         slots.logits(torch.randn(2, H), torch.randn(2, V))
 
@@ -212,7 +227,7 @@ def test_the_kernel_path_gives_the_same_logits(model):
     results = []
     for use_kernels in (False, True):
         slots = make_slots(model, use_kernels=use_kernels)
-        slots.begin_step([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)])
+        slots.begin_step(StepBatch.of([request(f"r{i}", s, 0, len(s)) for i, s in enumerate(streams)]))
         results.append((slots.logits(hidden, base), slots.logits(hidden, base)))  # in a step, then outside
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
@@ -249,7 +264,7 @@ def test_decode_steps_on_device_match_the_host_path(model):
         hidden, base = torch.randn(len(step), H, generator=gen), torch.randn(len(step), V, generator=gen)
         results = []
         for slots in (host, on_device):
-            slots.begin_step(requests)
+            slots.begin_step(StepBatch.of(requests))
             results.append((slots.embed(ids, embed_base(model)), slots.logits(hidden, base)))
         torch.testing.assert_close(results[1][0], results[0][0])
         torch.testing.assert_close(results[1][1], results[0][1])
@@ -276,7 +291,7 @@ def test_requests_with_the_same_entries_share_their_rows(model):
     slots = make_slots(model)
     slots.table.encode_outputs = encode_outputs
     tokens = stream(model, seed=3)
-    slots.begin_step([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, len(tokens))])
+    slots.begin_step(StepBatch.of([request("a", tokens, 0, len(tokens)), request("b", tokens, 0, len(tokens))]))
     a, b = entry_rows(slots, 0), entry_rows(slots, 1)
     assert a == b and len(set(a)) == len(a)  # one row per entry, shared by both requests
     assert references(slots, a) == [2] * len(a)
@@ -296,17 +311,17 @@ def test_the_table_grows_when_full_and_never_reuses_a_referenced_row(model):
         encode_outputs=model.encode_outputs, device=torch.device("cpu"), dtype=torch.float32, initial_rows=4,
     )  # fmt: skip
     a, b = stream(model, seed=20), stream(model, seed=21)
-    slots.begin_step([request("a", a, 0, len(a))])
+    slots.begin_step(StepBatch.of([request("a", a, 0, len(a))]))
     capacity = slots.table.index.capacity
     assert capacity >= len(entry_rows(slots, 0)) > 4  # grew (doubling) past its 4 rows
     held = slots.table.output_rows[entry_rows(slots, 0)].clone()
-    slots.begin_step([request("b", b, 0, len(b))])  # every row but cached candidates is a's
+    slots.begin_step(StepBatch.of([request("b", b, 0, len(b))]))  # every row but cached candidates is a's
     content_of = {}  # a row shared by both holds the same entry for both
     for slot, tokens in ((0, a), (1, b)):
         for row, content in zip(entry_rows(slots, slot), model.codec.codebook(tokens).values()):
             assert content_of.setdefault(row, content) == content
     torch.testing.assert_close(slots.table.output_rows[entry_rows(slots, 0)], held)  # a's rows untouched
-    slots.begin_step([request("a", a, len(a), len(a)), request("b", b, len(b), len(b))])
+    slots.begin_step(StepBatch.of([request("a", a, len(a), len(a)), request("b", b, len(b), len(b))]))
     hidden, base = torch.randn(2, H), torch.randn(2, V)
     logits = slots.logits(hidden, base)
     for row, tokens in enumerate((a, b)):
@@ -319,18 +334,18 @@ def test_released_rows_stay_cached_and_are_reused_before_the_table_grows(model):
     slots = make_slots(model, num_slots=2)
     slots.table.encode_outputs = lambda ids: encoded.append(len(ids)) or model.encode_outputs(ids)
     a = stream(model, seed=22)
-    slots.begin_step([request("a", a, 0, len(a))])
+    slots.begin_step(StepBatch.of([request("a", a, 0, len(a))]))
     rows_of_a = entry_rows(slots, 0)
     slots.release("a")
     assert references(slots, rows_of_a) == [0] * len(rows_of_a) and slots.table.index.num_referenced == 0
     before = len(encoded)
-    slots.begin_step([request("a2", a, 0, len(a))])  # the same entries: found by content, not encoded
+    slots.begin_step(StepBatch.of([request("a2", a, 0, len(a))]))  # the same entries: found by content, not encoded
     assert entry_rows(slots, 0) == rows_of_a and len(encoded) == before
     slots.release("a2")
     capacity = slots.table.index.capacity
     for step in range(capacity // len(rows_of_a) + 2):  # more distinct entries in total than rows
         tokens = stream(model, seed=100 + step)
-        slots.begin_step([request(f"c{step}", tokens, 0, len(tokens))])
+        slots.begin_step(StepBatch.of([request(f"c{step}", tokens, 0, len(tokens))]))
         slots.release(f"c{step}")
     assert slots.table.index.capacity == capacity  # released rows were reused: no growth
 
@@ -340,11 +355,11 @@ def test_a_device_step_writes_the_new_entry_into_the_row_its_index_names(model):
     tokens = stream(model, seed=24, length=120)
     slots = make_slots(model, num_slots=2, device_codebooks=True)
     prompt = 8
-    slots.begin_step([request("a", tokens[:prompt], 0, prompt)])
+    slots.begin_step(StepBatch.of([request("a", tokens[:prompt], 0, prompt)]))
     known = slots._num_known_host[0]
     assert known + 6 < C
     for t in range(prompt, prompt + 6):  # decode steps on the device
-        slots.begin_step([request("a", tokens[: t + 1], t, t + 1, prompt_len=prompt)])
+        slots.begin_step(StepBatch.of([request("a", tokens[: t + 1], t, t + 1, prompt_len=prompt)]))
     assert slots._num_reserved[0] == 6 and slots._num_known_host[0] == known  # the host did not follow
     book = list(model.codec.codebook(tokens[: prompt + 6]).values())
     made = int(slots.num_known[0])
@@ -354,7 +369,7 @@ def test_a_device_step_writes_the_new_entry_into_the_row_its_index_names(model):
         assert row == slots._index_host[0, e] and references(slots, [row]) == [1]
         torch.testing.assert_close(slots.table.output_rows[row], model.encode_outputs(as_row(book[e]))[0])
     reserved = slots._index_host[0, known : known + 6].tolist()
-    slots.begin_step([request("a", tokens[: prompt + 10], prompt + 6, prompt + 10, prompt_len=prompt)])  # a chunk
+    slots.begin_step(StepBatch.of([request("a", tokens[: prompt + 10], prompt + 6, prompt + 10, prompt_len=prompt)]))  # a chunk
     assert slots._num_reserved[0] == 0 and references(slots, reserved).count(0) >= 6 - (made - known)
     assert torch.equal(slots.index[0, :made], torch.from_numpy(slots._index_host[0, :made]))  # named by content
 
@@ -386,7 +401,7 @@ def test_the_native_host_path_matches_the_python_one(model, device_codebooks):
         hidden, base = torch.randn(len(step), H, generator=gen), torch.randn(len(step), V, generator=gen)
         results = []
         for slots in (python, native):
-            slots.begin_step(requests)
+            slots.begin_step(StepBatch.of(requests))
             results.append((
                 slots.embed(ids, embed_base(model)), slots.logits(hidden, base), slots.table.output_rows.clone(),
                 slots.table.input_rows.clone(), slots.index.clone(), slots._index_host.copy(),
@@ -401,12 +416,12 @@ def test_the_native_host_path_matches_the_python_one(model, device_codebooks):
 def test_invalid_ids_raise_and_the_step_replays_later(model, native_host):
     tokens = stream(model, seed=19)
     slots, fresh = make_slots(model, native_host=native_host), make_slots(model)
-    slots.begin_step([request("a", tokens, 0, 20)])
+    slots.begin_step(StepBatch.of([request("a", tokens, 0, 20)]))
     bad = tokens[:20] + [V + C - 1]  # a hypertoken id not defined yet
     with pytest.raises(ValueError, match="not a defined hypertoken"):
-        slots.begin_step([request("b", tokens, 0, 10), request("a", bad, 20, 21)])
-    slots.begin_step([request("a", tokens, 20, 30)])
-    fresh.begin_step([request("a", tokens, 0, 30)])
+        slots.begin_step(StepBatch.of([request("b", tokens, 0, 10), request("a", bad, 20, 21)]))
+    slots.begin_step(StepBatch.of([request("a", tokens, 20, 30)]))
+    fresh.begin_step(StepBatch.of([request("a", tokens, 0, 30)]))
     hidden, base = torch.randn(1, H), torch.randn(1, V)
     torch.testing.assert_close(slots.logits(hidden, base), fresh.logits(hidden, base))
 
@@ -439,8 +454,8 @@ def test_draft_rows_see_the_entries_known_at_their_position(model, native_host, 
     slots = make_slots(model, native_host=native_host, use_kernels=use_kernels)
     tokens, other = stream(model, seed=30, length=120), stream(model, seed=31)
     verified, drafts = tokens[:30], tokens[30:35]
-    slots.begin_step([request("a", verified, 0, 29), request("b", other, 0, len(other))])
-    slots.begin_step([speculative_request("a", verified, drafts), request("b", other, len(other), len(other))])
+    slots.begin_step(StepBatch.of([request("a", verified, 0, 29), request("b", other, 0, len(other))]))
+    slots.begin_step(StepBatch.of([speculative_request("a", verified, drafts), request("b", other, len(other), len(other))]))
     hidden, base = torch.randn(7, H), torch.randn(7, V)
     logits = slots.logits(hidden, base)
     torch.testing.assert_close(logits[:6], expected_rows(model, verified, drafts, hidden[:6], base[:6]))
@@ -460,18 +475,18 @@ def test_rejected_drafts_leave_no_trace(model, native_host):
     tokens = stream(model, seed=32, length=400)
     rng = np.random.default_rng(0)
     position = 12
-    slots.begin_step([request("a", tokens[:position], 0, position - 1)])
+    slots.begin_step(StepBatch.of([request("a", tokens[:position], 0, position - 1)]))
     while position + 6 < len(tokens):
         k, correct = int(rng.integers(0, 5)), int(rng.integers(0, 5))
         drafts = tokens[position : position + min(k, correct)] + rng.integers(1, 7, max(k - correct, 0)).tolist()
         verified = tokens[:position]
-        slots.begin_step([speculative_request("a", verified, drafts)])
+        slots.begin_step(StepBatch.of([speculative_request("a", verified, drafts)]))
         hidden, base = torch.randn(k + 1, H), torch.randn(k + 1, V)
         torch.testing.assert_close(slots.logits(hidden, base), expected_rows(model, verified, drafts, hidden, base))
         matching = next((j for j, (d, t) in enumerate(zip(drafts, tokens[position:])) if d != t), len(drafts))
         position += int(rng.integers(0, matching + 1)) + 1  # accepted drafts, then the bonus token
-    plain.begin_step([request("a", tokens[:position], 0, position - 1)])
-    slots.begin_step([request("a", tokens[:position], position - 1, position - 1)])
+    plain.begin_step(StepBatch.of([request("a", tokens[:position], 0, position - 1)]))
+    slots.begin_step(StepBatch.of([request("a", tokens[:position], position - 1, position - 1)]))
     assert not any(replays)  # rewound to before the drafts every time, never replayed from 0
     decoder = model.codec.decoder()
     decoder.feed(tokens[: position - 1])
@@ -487,12 +502,12 @@ def test_a_draft_that_cannot_come_next_is_masked_not_raised(model, native_host):
     slots = make_slots(model, native_host=native_host)
     tokens = stream(model, seed=33)
     verified = tokens[:20]
-    slots.begin_step([request("a", verified, 0, 19)])
+    slots.begin_step(StepBatch.of([request("a", verified, 0, 19)]))
     drafts = [tokens[20], V + C - 1, tokens[21]]  # an undefined hypertoken, then anything
-    slots.begin_step([speculative_request("a", verified, drafts)])
+    slots.begin_step(StepBatch.of([speculative_request("a", verified, drafts)]))
     hidden, base = torch.randn(4, H), torch.randn(4, V)
     logits = slots.logits(hidden, base)
     torch.testing.assert_close(logits[:2], expected_rows(model, verified, drafts[:1], hidden[:2], base[:2]))
     assert logits[1, V + C - 1] == float("-inf")  # the draft gets probability 0: rejected
-    slots.begin_step([speculative_request("a", verified + drafts[:1], [])])  # one draft accepted
+    slots.begin_step(StepBatch.of([speculative_request("a", verified + drafts[:1], [])]))  # one draft accepted
     torch.testing.assert_close(slots.logits(hidden[:1], base[:1])[0], expected_logits(model, verified + drafts[:1], hidden[0], base[0]))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ from z2z_vllm.modeling.encoders import build_encoder
 from z2z_vllm.ops._backend import resolve
 from z2z_vllm.vllm import patches
 from z2z_vllm.vllm.compose import encode_rows, encode_rows_from_shards
-from z2z_vllm.vllm.slots import HyperSlots, ScheduledRequest
+from z2z_vllm.vllm.slots import HyperSlots, StepBatch
 
 __all__ = [
     "Zip2ZipModelMixin",
@@ -128,11 +128,11 @@ class RankConsistentSlots(HyperSlots):
     def release(self, req_id: str) -> None:
         self._released.add(req_id)
 
-    def begin_step(self, requests: Sequence[ScheduledRequest]) -> None:
+    def begin_step(self, batch: StepBatch) -> None:
         for req_id in sorted(self._released):
             super().release(req_id)
         self._released.clear()
-        super().begin_step(requests)
+        super().begin_step(batch)
 
 
 class Zip2ZipModelMixin:

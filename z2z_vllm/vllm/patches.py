@@ -32,7 +32,9 @@ import functools
 import os
 from typing import Any
 
-from z2z_vllm.vllm.slots import ScheduledRequest
+import numpy as np
+
+from z2z_vllm.vllm.slots import StepBatch
 
 __all__ = [
     "apply", "guard_llvmlite_ffi", "select_v1_model_runner", "PATCHED_VLLM_VERSIONS", "V2_MODEL_RUNNER_ENV",
@@ -69,7 +71,7 @@ def _patch_runner() -> None:
     def _model_forward(self, *args: Any, **kwargs: Any) -> Any:
         slots = getattr(self.model, "hyper_slots", None)
         if slots is not None:
-            slots.begin_step(_scheduled_requests(self))
+            slots.begin_step(_step_batch(self))
         return original_forward(self, *args, **kwargs)
 
     @functools.wraps(original_removed)
@@ -93,20 +95,15 @@ def _patch_runner() -> None:
     GPUModelRunner.reload_weights = reload_weights
 
 
-def _scheduled_requests(runner: Any) -> list[ScheduledRequest]:
-    """The step's requests in the order their tokens appear in the batch (``_prepare_inputs``
-    has run: ``query_start_loc`` holds each request's scheduled token count)."""
+def _step_batch(runner: Any) -> StepBatch:
+    """The step's requests, in the order their tokens appear in the batch, as the input batch
+    holds them (``_prepare_inputs`` has run: ``query_start_loc`` holds each request's scheduled
+    token count; ``token_ids_cpu`` rows hold each request's prompt, outputs and drafts)."""
     batch = runner.input_batch
     num_reqs = batch.num_reqs
-    starts = runner.query_start_loc.np[: num_reqs + 1]
-    scheduled = []
-    for index, req_id in enumerate(batch.req_ids[:num_reqs]):
-        state = runner.requests[req_id]
-        begin = int(batch.num_computed_tokens_cpu[index])
-        end = begin + int(starts[index + 1] - starts[index])
-        drafts = batch.spec_token_ids[index]  # speculative decoding: the drafts scheduled after the outputs
-        scheduled.append(ScheduledRequest(req_id, state.prompt_token_ids, state.output_token_ids, begin, end, drafts))
-    return scheduled
+    begins = batch.num_computed_tokens_cpu[:num_reqs].astype(np.int64)
+    ends = begins + np.diff(runner.query_start_loc.np[: num_reqs + 1])
+    return StepBatch(batch.req_ids[:num_reqs], batch.token_ids_cpu, batch.num_tokens_no_spec[:num_reqs], begins, ends)
 
 
 # -- front end ------------------------------------------------------------------------------------

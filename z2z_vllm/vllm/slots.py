@@ -35,7 +35,8 @@ against). A request whose decoder has read past the start of its scheduled range
 with recompute, discarded tokens) is replayed from position 0: the codebook is a function of
 the token prefix, so replaying is always right.
 
-Speculative decoding: a request scheduled with draft ids (``ScheduledRequest.drafts``) has a
+Speculative decoding: a request scheduled with draft ids (positions from ``num_verified`` to
+``ends`` in :class:`StepBatch`; ``ScheduledRequest.drafts``) has a
 logits row for its last verified token and one per draft; each row is masked by the entries
 known after its own position (those the drafts define included) and gets the KwKwK candidate of
 that position. Before reading the drafts the decoder keeps its state (a rewind point); at the
@@ -54,7 +55,11 @@ id read's input row into a per-slot row. The host decoder then lags and catches 
 list the next time the request takes the host path (prefill chunks, replays), which names the
 new entries' rows by content, drops the reserved rows and re-seeds the device copy.
 
-No vLLM imports: :mod:`z2z_vllm.vllm.patches` turns runner state into :class:`ScheduledRequest`.
+A step's requests arrive as arrays (:class:`StepBatch`, laid out as vLLM's ``InputBatch`` holds
+them), so neither the runner nor this module loops over requests in Python on decode steps;
+:meth:`StepBatch.of` packs readable per-request descriptions (:class:`ScheduledRequest`).
+
+No vLLM imports: :mod:`z2z_vllm.vllm.patches` turns runner state into a :class:`StepBatch`.
 """
 
 from __future__ import annotations
@@ -67,14 +72,15 @@ import numpy as np
 import torch
 
 from z2z_vllm import ops
+from z2z_vllm._codec import lookup
 from z2z_vllm.codec import LZWCodec, RowIndex
 
-__all__ = ["HyperSlots", "ScheduledRequest"]
+__all__ = ["HyperSlots", "ScheduledRequest", "StepBatch"]
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # [N, W] base ids (-1 padded) -> [N, H]
 
 
-@dataclass(frozen=True, slots=True)  # slots: the native step reads its fields for every request
+@dataclass(frozen=True)
 class ScheduledRequest:
     """One request of a step: its tokens so far and the positions ``begin .. end-1`` it runs.
 
@@ -89,21 +95,46 @@ class ScheduledRequest:
     drafts: Sequence[int] = ()
 
     @property
-    def num_logits_rows(self) -> int:
-        return 1 + len(self.drafts)
-
-    @property
     def verified_size(self) -> int:
         """Positions before this one hold the prompt and outputs; drafts follow."""
         return len(self.prompt) + len(self.outputs)
 
-    def tokens(self, start: int, stop: int) -> list[int]:
-        """Token list positions ``start .. stop-1`` (prompt, outputs, then drafts)."""
-        parts, tokens, offset = (self.prompt, self.outputs, self.drafts), [], 0
-        for part in parts:
-            tokens += part[max(start - offset, 0) : max(stop - offset, 0)]
-            offset += len(part)
-        return tokens
+
+
+class StepBatch(NamedTuple):
+    """The R requests of a step as arrays, laid out as vLLM's ``InputBatch`` holds them, so that
+    the runner builds it without a loop over requests."""
+
+    req_ids: Sequence[str]  # [R]
+    token_ids: np.ndarray  # [>= R, L] int32: row r holds request r's prompt and outputs, then its drafts
+    num_verified: np.ndarray  # [R] prompt + outputs; positions from here to ends are drafts
+    begins: np.ndarray  # [R] first scheduled position
+    ends: np.ndarray  # [R] end of the scheduled range (past the drafts, when there are any)
+
+    @classmethod
+    def of(cls, requests: Sequence[ScheduledRequest]) -> StepBatch:
+        """Packs per-request descriptions (tests, benchmarks, callers outside vLLM)."""
+        lists = [[*request.prompt, *request.outputs, *request.drafts] for request in requests]
+        for request, ids in zip(requests, lists):
+            if not 0 <= request.begin <= request.end <= len(ids):
+                raise ValueError(
+                    f"request {request.req_id!r}: scheduled range {request.begin} .. {request.end} is not within "
+                    f"its {len(ids)} ids"
+                )
+        token_ids = np.zeros((len(requests), max(map(len, lists), default=0)), dtype=np.int32)
+        for row, ids in enumerate(lists):
+            token_ids[row, : len(ids)] = ids
+        return cls(
+            [request.req_id for request in requests], token_ids,
+            np.array([request.verified_size for request in requests], dtype=np.int64),
+            np.array([request.begin for request in requests], dtype=np.int64),
+            np.array([request.end for request in requests], dtype=np.int64),
+        )  # fmt: skip
+
+    @property
+    def num_logits_rows(self) -> np.ndarray:
+        """[R] one per request, plus one per draft."""
+        return 1 + np.maximum(self.ends - self.num_verified, 0)
 
 
 def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
@@ -247,8 +278,10 @@ class NativeHostPath:
     def reset(self, slot: int) -> None:
         self.decoders[slot].reset()
 
-    def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
-        return StepAdvance(**self.codec.advance_requests(self.decoders, slots, requests, host))
+    def advance(self, batch: StepBatch, slots: np.ndarray, host: np.ndarray) -> StepAdvance:
+        return StepAdvance(**self.codec.advance_requests(
+            self.decoders, slots, batch.token_ids, batch.num_verified, batch.begins, batch.ends, host
+        ))  # fmt: skip
 
 
 class PythonHostPath(NativeHostPath):
@@ -273,25 +306,25 @@ class PythonHostPath(NativeHostPath):
         del self._entries[slot][point.num_entries :]
         return True
 
-    def advance(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, host: np.ndarray) -> StepAdvance:
-        V, R = self.codec.initial_vocab_size, len(requests)
+    def advance(self, batch: StepBatch, slots: np.ndarray, host: np.ndarray) -> StepAdvance:
+        V, R = self.codec.initial_vocab_size, len(slots)
         first_token = np.full(R, -1, dtype=np.int64)
-        scheduled_counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
+        scheduled_counts = batch.ends - batch.begins
         replayed = np.zeros(R, dtype=bool)
         kept = np.zeros(R, dtype=np.int64)
         num_entries: list[int] = []
         created: list[tuple[int, int, tuple[int, ...]]] = []
         candidates: list[tuple[int, ...]] = []
         reads: list[tuple[int, int, tuple[int, ...]]] = []
-        for r, (request, slot) in enumerate(zip(requests, slots.tolist())):
-            scheduled = request.tokens(request.begin, request.end)
-            first_token[r] = scheduled[0] if scheduled else -1
-            rows = request.num_logits_rows
+        for r, (slot, rows) in enumerate(zip(slots.tolist(), batch.num_logits_rows.tolist())):
+            token_list = batch.token_ids[r].tolist()
+            begin, end, verified = int(batch.begins[r]), int(batch.ends[r]), int(batch.num_verified[r])
+            first_token[r] = token_list[begin] if begin < max(end, verified) else -1
             if not host[r]:
                 num_entries += [0] * rows
                 candidates += [()] * rows
                 continue
-            if self.decoders[slot].position > request.begin and not self._rewind(slot, request.begin):
+            if self.decoders[slot].position > begin and not self._rewind(slot, begin):
                 self.reset(slot)
                 replayed[r] = True
             decoder, entries = self.decoders[slot], self._entries[slot]
@@ -302,22 +335,22 @@ class PythonHostPath(NativeHostPath):
                     created.append((slot, hyper_id - V, subtokens))
                     entries.append(subtokens)
 
-            read(request.tokens(decoder.position, request.end - rows))
+            read(token_list[decoder.position : max(end - rows, decoder.position)])
             refused = False
-            for position in range(request.end - rows, request.end):
-                if request.drafts and position == request.verified_size:
+            for position in range(end - rows, end):
+                if rows > 1 and position == verified:
                     self._rewind_points[slot] = decoder.copy()
                 if not refused and position == decoder.position:
                     try:
-                        read(request.tokens(position, position + 1))
+                        read(token_list[position : position + 1])
                     except ValueError:
-                        if position < request.verified_size:
+                        if position < verified:
                             raise
                         refused = True  # a draft that cannot come next: rejected by the model
                 candidate = decoder.candidate
                 num_entries.append(len(entries))
                 candidates.append(candidate[1] if candidate is not None else ())
-            read_tokens = request.tokens(request.begin, decoder.position)
+            read_tokens = token_list[begin : decoder.position]
             reads.extend((slot, token - V, entries[token - V]) for token in read_tokens if token >= V)
         width = max([1] + [len(c) for _, _, c in created] + [len(c) for c in candidates] + [len(c) for _, _, c in reads])
         return StepAdvance(
@@ -469,32 +502,30 @@ class HyperSlots:
 
     # -- per step -----------------------------------------------------------------------------
 
-    def begin_step(self, requests: Sequence[ScheduledRequest]) -> None:
+    def begin_step(self, batch: StepBatch) -> None:
         """Brings every scheduled request's codebook to the end of its scheduled range and
         encodes the rows this step needs. Raises ``ValueError`` on an invalid token list (the
         step's requests then replay their codebooks at their next step)."""
         device = self.num_known.device
         self._step += 1
-        slots = np.array([self._slot_of.get(request.req_id, -1) for request in requests], dtype=np.int64)
+        slots = lookup(self._slot_of, batch.req_ids)
         new = slots < 0
         if new.any():
             self._last_step[slots[~new]] = self._step  # before new requests take idle slots
             for r in np.flatnonzero(new).tolist():
-                slots[r] = self.slot(requests[r].req_id)
+                slots[r] = self.slot(batch.req_ids[r])
         else:
             self._last_step[slots] = self._step
         host = np.ones(len(slots), dtype=bool)
         if self.device_codebooks:  # decode steps where the device copy stands run there
-            begins = np.array([request.begin for request in requests], dtype=np.int64)
-            counts = np.array([request.end - request.begin for request in requests], dtype=np.int64)
-            host = (counts != 1) | (self._device_position[slots] != begins)
+            host = (batch.ends - batch.begins != 1) | (self._device_position[slots] != batch.begins)
         try:
-            step = self.host.advance(requests, slots, host)
+            step = self.host.advance(batch, slots, host)
         except ValueError:
             for slot in slots.tolist():
                 self._reset(slot)
             raise
-        last_rows = self._lay_out_rows(requests, slots, len(step.num_entries))
+        last_rows = self._lay_out_rows(batch, slots, len(step.num_entries))
         # Without device codebooks every request takes the host path: no masks to apply.
         all_host = not self.device_codebooks or bool(host.all())
         host_slots = slots if all_host else slots[host]
@@ -537,13 +568,13 @@ class HyperSlots:
         if not all_host:
             self._token_on_device = _on(device, np.repeat(~host, counts))
 
-    def _lay_out_rows(self, requests: Sequence[ScheduledRequest], slots: np.ndarray, num_rows: int) -> np.ndarray:
+    def _lay_out_rows(self, batch: StepBatch, slots: np.ndarray, num_rows: int) -> np.ndarray:
         """Records the slot of each of the step's ``num_rows`` logits rows (one per request, plus
         one per draft) and which rows are drafts; returns each request's last row."""
-        if num_rows == len(requests):
+        if num_rows == len(slots):
             self._row_slots_host, self._draft_of_row, self._draft_rows = slots, None, None
             return np.arange(num_rows)
-        rows = np.array([request.num_logits_rows for request in requests], dtype=np.int64)
+        rows = batch.num_logits_rows
         last_rows = np.cumsum(rows) - 1
         self._row_slots_host = np.repeat(slots, rows)
         is_draft = np.ones(num_rows, dtype=bool)
