@@ -6,8 +6,9 @@ source).
 
 vLLM has no extension point for per-request model state or per-request detokenization, so:
 
-- runner: ``GPUModelRunner._model_forward`` (``CPUModelRunner`` inherits it) first hands the
-  model the step's requests (ids, token lists, scheduled ranges) when the model is a z2z model;
+- runner: ``GPUModelRunner._model_forward`` (``CPUModelRunner`` inherits it) first hands a z2z
+  model the step's requests as the input batch holds them (ids, token id rows, scheduled ranges:
+  a :class:`~z2z_vllm.vllm.slots.StepBatch`, built without a loop over requests);
   ``GPUModelRunner._on_request_state_removed`` (a hook meant for platform runners) frees the
   request's codebook slot; ``GPUModelRunner.reload_weights`` drops the hyper rows encoded with
   the old weights (its kernel-format path never calls the model's ``load_weights``);
