@@ -86,10 +86,12 @@ def evaluate(name: str, weights: Path | None, out: Path, args: argparse.Namespac
 
 
 def training_figures(checkpoint: Path | None) -> dict:
-    """Compressed ids read and seconds spent, from the run's log (its last line)."""
+    """Compressed ids read and seconds spent, from the run's log (its last training record: the
+    evaluation's follows it)."""
     if checkpoint is None:
         return {"train_compressed_tokens": 0, "train_seconds": 0.0}
-    last = json.loads((checkpoint.parent / "log.jsonl").read_text().strip().splitlines()[-1])
+    records = [json.loads(line) for line in (checkpoint.parent / "log.jsonl").read_text().splitlines() if line]
+    last = [record for record in records if "compressed_tokens" in record][-1]
     return {"train_compressed_tokens": last["compressed_tokens"], "train_seconds": last["elapsed_s"]}
 
 
