@@ -83,3 +83,16 @@ def test_a_trained_variant_is_not_trained_again(tmp_path, monkeypatch):
     (checkpoint.parent / "log.jsonl").write_text(json.dumps({"compressed_tokens": 10, "elapsed_s": 1.5}) + "\n")
     assert ablations.train("clm_recon", ablations.VARIANTS["clm_recon"], tmp_path, _args(tmp_path)) == checkpoint
     assert ablations.training_figures(checkpoint) == {"train_compressed_tokens": 10, "train_seconds": 1.5}
+
+
+def test_training_figures_come_from_the_last_training_record(tmp_path):
+    checkpoint = tmp_path / "train" / "checkpoint-30"
+    checkpoint.mkdir(parents=True)
+    records = [
+        {"step": 29, "compressed_tokens": 25_286, "elapsed_s": 2605.0},
+        {"step": 30, "compressed_tokens": 26_305, "elapsed_s": 2697.9},
+        {"step": 30, "eval_clm_loss": 3.795},  # the trainer's evaluation follows the last step
+    ]
+    (checkpoint.parent / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert ablations.training_figures(checkpoint) == {"train_compressed_tokens": 26_305, "train_seconds": 2697.9}
+    assert ablations.training_figures(None) == {"train_compressed_tokens": 0, "train_seconds": 0.0}
