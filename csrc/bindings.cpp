@@ -422,7 +422,7 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders, c
   std::vector<Work> work(n);
   std::vector<std::unique_lock<std::mutex>> locks;  // released before the GIL is taken back
   std::vector<uint8_t> taken(decoders.size(), 0);
-  std::vector<int64_t> first_token(n), scheduled(n), kept_entries(n, 0);
+  std::vector<int64_t> first_token(n), kept_entries(n, 0);
   size_t num_rows = 0, total_ids = 0;
   for (size_t r = 0; r < n; ++r) {
     Work& w = work[r];
@@ -444,7 +444,6 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders, c
     if (w.drafts && w.begin >= w.verified)
       throw py::value_error(request() + "the range " + std::to_string(w.begin) + " .. " + std::to_string(w.end) +
                             " holds only drafts: it must start before position " + std::to_string(w.verified));
-    scheduled[r] = w.end - w.begin;
     w.first_row = num_rows;
     num_rows += 1 + static_cast<size_t>(w.drafts);
     first_token[r] = w.begin < std::max(w.end, w.verified) ? w.tokens[w.begin] : -1;
@@ -554,7 +553,6 @@ py::dict advance_requests(const z2z::Config& config, const py::list& decoders, c
   const size_t width = std::max<size_t>({1, joined.created_contents.width(), joined.candidates.width(), joined.reads.width()});
   py::dict result;
   result["first_token"] = to_array(first_token);
-  result["scheduled"] = to_array(scheduled);
   result["replayed"] = to_array<uint8_t, bool>(replayed);
   result["kept_entries"] = to_array(kept_entries);
   result["num_entries"] = to_array(num_entries);
@@ -1200,7 +1198,7 @@ gives it probability 0, so it is rejected. Raises ValueError naming the first re
 invalid verified ids (its decoder may have rewound; other requests' decoders may have advanced)
 or an invalid range. Many requests run on several threads. Returns a dict of numpy arrays (K
 entries created, Q hypertokens read in the scheduled ranges, W = longest content, padded with
--1): ``first_token`` [R] (-1: none), ``scheduled`` [R] (end - begin), ``replayed`` [R],
+-1): ``first_token`` [R] (-1: none), ``replayed`` [R],
 ``kept_entries`` [R] (entries kept before reading: all, those before the drafts, or 0 on a
 replay), ``num_entries`` [N], ``created_slot`` / ``created_index`` [K] and ``created_content`` [K,
 W], ``has_candidate`` [N] and ``candidate`` [N, W] (the KwKwK entry, see LZWDecoder.candidate),

@@ -100,7 +100,6 @@ class ScheduledRequest:
         return len(self.prompt) + len(self.outputs)
 
 
-
 class StepBatch(NamedTuple):
     """The R requests of a step as arrays, laid out as vLLM's ``InputBatch`` holds them, so that
     the runner builds it without a loop over requests."""
@@ -238,7 +237,6 @@ class StepAdvance(NamedTuple):
     have 0 / False / -1."""
 
     first_token: np.ndarray  # [R] the id at each request's begin (-1: none)
-    scheduled: np.ndarray  # [R] end - begin
     replayed: np.ndarray  # [R] bool: the decoder was reset and replayed from position 0
     kept_entries: np.ndarray  # [R] entries kept before reading (all; before the drafts; 0)
     num_entries: np.ndarray  # [N] after each row's position
@@ -309,7 +307,6 @@ class PythonHostPath(NativeHostPath):
     def advance(self, batch: StepBatch, slots: np.ndarray, host: np.ndarray) -> StepAdvance:
         V, R = self.codec.initial_vocab_size, len(slots)
         first_token = np.full(R, -1, dtype=np.int64)
-        scheduled_counts = batch.ends - batch.begins
         replayed = np.zeros(R, dtype=bool)
         kept = np.zeros(R, dtype=np.int64)
         num_entries: list[int] = []
@@ -354,7 +351,7 @@ class PythonHostPath(NativeHostPath):
             reads.extend((slot, token - V, entries[token - V]) for token in read_tokens if token >= V)
         width = max([1] + [len(c) for _, _, c in created] + [len(c) for c in candidates] + [len(c) for _, _, c in reads])
         return StepAdvance(
-            first_token, scheduled_counts, replayed, kept, np.array(num_entries, dtype=np.int64),
+            first_token, replayed, kept, np.array(num_entries, dtype=np.int64),
             np.array([s for s, _, _ in created], dtype=np.int64), np.array([e for _, e, _ in created], dtype=np.int64),
             _padded([c for _, _, c in created], width), np.array([len(c) > 0 for c in candidates], dtype=bool),
             _padded(candidates, width),
@@ -516,9 +513,10 @@ class HyperSlots:
                 slots[r] = self.slot(batch.req_ids[r])
         else:
             self._last_step[slots] = self._step
+        counts = batch.ends - batch.begins
         host = np.ones(len(slots), dtype=bool)
         if self.device_codebooks:  # decode steps where the device copy stands run there
-            host = (batch.ends - batch.begins != 1) | (self._device_position[slots] != batch.begins)
+            host = (counts != 1) | (self._device_position[slots] != batch.begins)
         try:
             step = self.host.advance(batch, slots, host)
         except ValueError:
@@ -559,7 +557,6 @@ class HyperSlots:
             self._advance_on_device(slots[~host], step.first_token[~host], device)
             self._columns_used = self.codebook_size  # the host does not know how far the device went
         self._row_slots = _on(device, self._row_slots_host)
-        counts = step.scheduled
         if (counts == 1).all():  # decode steps: one token per request, in request order
             self._token_slots = self._row_slots
         else:
